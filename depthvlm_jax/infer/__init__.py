@@ -1,0 +1,1 @@
+"""Inference: KV-cache text generation (the prefill also returns the depth map)."""

@@ -1,0 +1,1 @@
+"""Pure Flax Linen modules: config, layers, rope, vision, text, depth_head, vlm."""

@@ -1,0 +1,97 @@
+"""Device mesh, logical-axis rules and multi-host start-up.
+
+Modules name their parameter and activation axes logically ("embed", "mlp", ...); this table
+is the one place that decides which mesh axis each name is split over. Presets: pure data
+parallel, FSDP, FSDP + tensor parallel.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+_ACTIVATIONS = (
+    ("activation_batch", ("data", "fsdp")),
+    ("activation_length", None),
+    ("activation_embed", None),
+    ("activation_heads", "tensor"),
+    ("activation_mlp", "tensor"),
+    ("activation_vocab", "tensor"),
+)
+
+RULES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "data_parallel": _ACTIVATIONS,
+    "fsdp": _ACTIVATIONS + (
+        ("embed", "fsdp"), ("vit_embed", "fsdp"), ("conv_in", "fsdp"), ("vocab", None),
+    ),
+    "fsdp_tensor": _ACTIVATIONS + (
+        ("embed", "fsdp"), ("vit_embed", "fsdp"), ("vit_merged", "fsdp"), ("conv_in", "fsdp"),
+        ("mlp", "tensor"), ("vit_mlp", "tensor"), ("q_heads", "tensor"), ("kv_heads", "tensor"),
+        ("vit_qkv", "tensor"), ("vit_heads", "tensor"), ("vocab", "tensor"), ("conv_out", "tensor"),
+    ),
+}
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
+  """Mesh over ("data", "fsdp", "tensor"); one size may be -1 (= all remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != 3 or shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape} must have 3 sizes (data, fsdp, tensor) with at most one -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if len(devices) % known:
+      raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
+    shape[shape.index(-1)] = len(devices) // known
+  if int(np.prod(shape)) != len(devices):
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}")
+  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices)
+
+
+def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
+  """Drops mesh axes that do not divide a dimension (tiny models, odd vocabularies)."""
+  out = []
+  for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes if isinstance(axes, tuple) else (axes,))
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    out.append(axes if size > 1 and dim % size == 0 else None)
+  return P(*out)
+
+
+def param_shardings(boxed_abstract_params, mesh: Mesh, rules: str | Sequence = "fsdp_tensor"):
+  """NamedShardings for a (boxed, e.g. from `jax.eval_shape(model.init, ...)`) param tree."""
+  rules = RULES[rules] if isinstance(rules, str) else tuple(rules)
+  logical_specs = nn.get_partition_spec(boxed_abstract_params)
+  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+  unboxed = nn.unbox(boxed_abstract_params)
+  return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
+                      mesh_specs, unboxed, is_leaf=lambda s: isinstance(s, P))
+
+
+def sharded_fraction(params) -> float:
+  """Fraction of parameter bytes that are split across devices (not replicated)."""
+  total = split = 0
+  for x in jax.tree.leaves(params):
+    total += x.size
+    if not x.sharding.is_fully_replicated:
+      split += x.size
+  return split / max(total, 1)
+
+
+def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> None:
+  """Multi-host start-up; call before any other JAX work. With no arguments JAX detects the
+  cluster (TPU pods, SLURM, Open MPI, Kubernetes); a single-process run stays single-process."""
+  if coordinator_address is not None:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    return
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError):
+    pass  # no cluster environment detected: one process
