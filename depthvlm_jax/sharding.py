@@ -7,6 +7,7 @@ parallel, FSDP, FSDP + tensor parallel.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -28,7 +29,7 @@ _ACTIVATIONS = (
 RULES: dict[str, tuple[tuple[str, Any], ...]] = {
     "data_parallel": _ACTIVATIONS,
     "fsdp": _ACTIVATIONS + (
-        ("embed", "fsdp"), ("vit_embed", "fsdp"), ("conv_in", "fsdp"), ("vocab", None),
+        ("embed", "fsdp"), ("vit_embed", "fsdp"), ("vit_merged", "fsdp"), ("conv_in", "fsdp"),
     ),
     "fsdp_tensor": _ACTIVATIONS + (
         ("embed", "fsdp"), ("vit_embed", "fsdp"), ("vit_merged", "fsdp"), ("conv_in", "fsdp"),
@@ -51,7 +52,21 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
     shape[shape.index(-1)] = len(devices) // known
   if int(np.prod(shape)) != len(devices):
     raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}")
-  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices)
+  # Auto axes: XLA's sharding propagation fills in what the logical constraints leave open.
+  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _rules(rules: str | Sequence) -> tuple:
+  return RULES[rules] if isinstance(rules, str) else tuple(rules)
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh, rules: str | Sequence = "fsdp_tensor"):
+  """Makes `mesh` and the logical-axis `rules` current, so the modules' activation constraints
+  take effect inside `jax.jit`."""
+  with jax.set_mesh(mesh), nn.logical_axis_rules(_rules(rules)):
+    yield
 
 
 def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
@@ -66,9 +81,8 @@ def _fit(spec: P, shape: Sequence[int], mesh: Mesh) -> P:
 
 def param_shardings(boxed_abstract_params, mesh: Mesh, rules: str | Sequence = "fsdp_tensor"):
   """NamedShardings for a (boxed, e.g. from `jax.eval_shape(model.init, ...)`) param tree."""
-  rules = RULES[rules] if isinstance(rules, str) else tuple(rules)
   logical_specs = nn.get_partition_spec(boxed_abstract_params)
-  mesh_specs = nn.logical_to_mesh(logical_specs, rules)
+  mesh_specs = nn.logical_to_mesh(logical_specs, _rules(rules))
   unboxed = nn.unbox(boxed_abstract_params)
   return jax.tree.map(lambda spec, x: NamedSharding(mesh, _fit(spec, x.shape, mesh)),
                       mesh_specs, unboxed, is_leaf=lambda s: isinstance(s, P))

@@ -50,7 +50,7 @@ def generate(model: DepthVLM, params, input_ids, pixel_values=None, attention_ma
   rng = jax.random.key(0) if rng is None else rng
   cache = KVCache.zeros(model.cfg.text, b, l + max_new_tokens, jnp.dtype(cache_dtype))
   out = model.apply({"params": params}, input_ids, pixel_values, attention_mask, cache=cache)
-  last = jnp.sum(attention_mask, axis=1) - 1
+  last = l - 1 - jnp.argmax(attention_mask[:, ::-1] > 0, axis=1)  # last real token, any padding side
   first_logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]
   next_pos = jnp.max(jnp.where(attention_mask[None] > 0, out.positions, 0), axis=(0, 2)) + 1
 

@@ -43,8 +43,8 @@ HW = tuple[int, int]
 def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
   """[out, in] weights of 1-D linear interpolation with align_corners=True.
 
-  Source positions are computed in float32 exactly as torch's CPU kernel does, so the
-  weights match F.interpolate bit for bit.
+  Source positions are computed in float32 as torch's CPU kernel does, so the weights
+  are F.interpolate's own.
   """
   scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
   src = scale * np.arange(out_size, dtype=np.float32)
