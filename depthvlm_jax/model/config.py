@@ -78,7 +78,7 @@ class ModelConfig:
   dtype: str = "float32"  # activation/compute dtype ("bfloat16" on accelerators)
   param_dtype: str = "float32"
   remat_policy: str = "none"  # none | full | dots | dots_no_batch (see model/layers.py)
-  scan_layers: bool = True
+  attention_impl: str = "xla"  # xla | jax | cudnn (see model/layers.attention)
 
   def replace(self, **kwargs: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kwargs)
@@ -104,7 +104,9 @@ def _validate(cfg: ModelConfig) -> ModelConfig:
   if cfg.depth_head is not None and cfg.depth_head.kind == "dpt" and len(v.deepstack_visual_indexes) != 3:
     raise ValueError("the DPT depth head needs exactly 3 DeepStack features (+ the last LLM state)")
   if cfg.remat_policy not in ("none", "full", "dots", "dots_no_batch"):
-    raise ValueError(f"unknown remat_policy={cfg.remat_policy!r}")
+    raise ValueError(f"unknown remat_policy={cfg.remat_policy!r}; use none, full, dots or dots_no_batch")
+  if cfg.attention_impl not in ("xla", "jax", "cudnn"):
+    raise ValueError(f"unknown attention_impl={cfg.attention_impl!r}; use xla, jax or cudnn")
   return cfg
 
 

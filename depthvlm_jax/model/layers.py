@@ -101,15 +101,23 @@ def apply_rotary(x, cos, sin):
   return (x32 * cos + rotate_half(x32) * sin).astype(x.dtype)
 
 
-def attention(q, k, v, bias: Optional[jax.Array] = None):
+ATTENTION_IMPLS = ("xla", "jax", "cudnn")
+
+
+def attention(q, k, v, bias: Optional[jax.Array] = None, impl: str = "xla"):
   """Softmax attention with grouped KV heads.
 
   q: [B, Lq, Hq, D]; k, v: [B, Lk, Hkv, D]; bias: additive, broadcastable to [B, 1, Lq, Lk].
-  The softmax runs in float32 whatever the compute dtype. Fully masked rows (left padding)
-  stay finite because masking uses the dtype minimum, not -inf.
+  impl "xla": explicit einsums with a float32 softmax (the reference, any backend);
+  "jax" / "cudnn": `jax.nn.dot_product_attention` with XLA's or cuDNN's fused kernel (GPU).
+  Masking uses the dtype minimum, not -inf, so fully masked rows (padding) stay finite.
   """
   b, lq, hq, d = q.shape
   hkv = k.shape[2]
+  if impl != "xla":
+    if bias is not None:
+      bias = jnp.broadcast_to(bias, (b, 1, lq, k.shape[1])).astype(q.dtype)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=None if impl == "jax" else impl)
   q = q.reshape(b, lq, hkv, hq // hkv, d)
   logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, precision=jax.lax.Precision.HIGHEST)
   logits = logits.astype(jnp.float32) * (d ** -0.5)

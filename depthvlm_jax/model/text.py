@@ -40,6 +40,7 @@ class Attention(nn.Module):
   cfg: TextConfig
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, cos, sin, bias, layer_cache, cache_index):
@@ -63,7 +64,7 @@ class Attention(nn.Module):
       k, v, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
     else:
       new_cache = None
-    out = layers.attention(q, k, v, bias).reshape(b, l, nq * hd)
+    out = layers.attention(q, k, v, bias, self.attention_impl).reshape(b, l, nq * hd)
     return layers.Dense(cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, name="o_proj", **kw)(out), new_cache
 
 
@@ -86,13 +87,14 @@ class DecoderLayer(nn.Module):
   num_deepstack: int
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, layer_in, cos, sin, bias, deepstack, cache_index):
     layer_idx, layer_cache = layer_in
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = self.cfg.rms_norm_eps
-    h, new_cache = Attention(self.cfg, name="self_attn", **kw)(
+    h, new_cache = Attention(self.cfg, name="self_attn", attention_impl=self.attention_impl, **kw)(
         layers.RMSNorm(eps, "embed", name="input_layernorm", **kw)(x), cos, sin, bias, layer_cache, cache_index)
     x = x + h
     x = x + MLP(self.cfg, name="mlp", **kw)(layers.RMSNorm(eps, "embed", name="post_attention_layernorm", **kw)(x))
@@ -111,6 +113,7 @@ class Decoder(nn.Module):
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, cos, sin, bias, deepstack=None, cache: Optional[KVCache] = None):
@@ -122,7 +125,8 @@ class Decoder(nn.Module):
     idx = jnp.arange(cfg.num_hidden_layers)
     layer_caches = None if cache is None else (cache.k, cache.v)
     cache_index = None if cache is None else cache.index
-    x, new_kv = stack(cfg, self.num_deepstack, name="layers", dtype=self.dtype, param_dtype=self.param_dtype)(
+    x, new_kv = stack(cfg, self.num_deepstack, name="layers", dtype=self.dtype, param_dtype=self.param_dtype,
+                      attention_impl=self.attention_impl)(
         x, (idx, layer_caches), cos, sin, bias, deepstack, cache_index)
     x = layers.RMSNorm(cfg.rms_norm_eps, "embed", name="norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x, new_kv

@@ -72,6 +72,7 @@ class VisionAttention(nn.Module):
   cfg: VisionConfig
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, cos, sin):
@@ -81,7 +82,7 @@ class VisionAttention(nn.Module):
     q, k, v = jnp.moveaxis(qkv.reshape(b, n, 3, self.cfg.num_heads, -1), 2, 0)
     q = layers.apply_rotary(q, cos[:, None], sin[:, None])
     k = layers.apply_rotary(k, cos[:, None], sin[:, None])
-    out = layers.attention(q, k, v).reshape(b, n, d)
+    out = layers.attention(q, k, v, impl=self.attention_impl).reshape(b, n, d)
     return layers.Dense(d, ("vit_heads", "vit_embed"), name="proj", **kw)(out)
 
 
@@ -89,13 +90,14 @@ class VisionBlock(nn.Module):
   cfg: VisionConfig
   dtype: str = "float32"
   param_dtype: str = "float32"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, rot):
     cos, sin = rot
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = self.cfg.layer_norm_eps
-    x = x + VisionAttention(self.cfg, name="attn", **kw)(
+    x = x + VisionAttention(self.cfg, name="attn", attention_impl=self.attention_impl, **kw)(
         layers.LayerNorm(eps, "vit_embed", name="norm1", **kw)(x), cos, sin)
     x = x + VisionMLP(self.cfg, name="mlp", **kw)(layers.LayerNorm(eps, "vit_embed", name="norm2", **kw)(x))
     x = nn.with_logical_constraint(x, ("activation_batch", "activation_length", "activation_embed"))
@@ -142,16 +144,14 @@ class VisionTower(nn.Module):
   dtype: str = "float32"
   param_dtype: str = "float32"
   remat_policy: str = "none"
+  attention_impl: str = "xla"
 
   @nn.compact
   def __call__(self, pixel_values: jax.Array):
     cfg = self.cfg
-    b, h, w, c = pixel_values.shape
-    if h % cfg.token_size or w % cfg.token_size or c != cfg.in_channels:
-      raise ValueError(f"pixel_values has shape {pixel_values.shape}; expected [B, H, W, {cfg.in_channels}] "
-                       f"with H and W multiples of {cfg.token_size}")
+    llm_grid(cfg, pixel_values.shape)
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-    gh, gw = h // cfg.patch_size, w // cfg.patch_size
+    gh, gw = pixel_values.shape[1] // cfg.patch_size, pixel_values.shape[2] // cfg.patch_size
     patches = patchify(pixel_values.astype(layers.dtype_of(self.dtype)), cfg.patch_size,
                        cfg.temporal_patch_size, cfg.spatial_merge_size)
     x = layers.Dense(cfg.hidden_size, ("vit_patch", "vit_embed"), name="patch_embed", **kw)(patches)
@@ -170,7 +170,7 @@ class VisionTower(nn.Module):
       stack = nn.scan(block, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=nn.broadcast, length=end - start,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      x, _ = stack(cfg, name=f"blocks_{s}", **kw)(x, rot)
+      x, _ = stack(cfg, name=f"blocks_{s}", attention_impl=self.attention_impl, **kw)(x, rot)
       if end - 1 in cfg.deepstack_visual_indexes:
         k = cfg.deepstack_visual_indexes.index(end - 1)
         deepstack.append(PatchMerger(cfg, True, name=f"deepstack_merger_{k}", **kw)(x))
@@ -178,6 +178,10 @@ class VisionTower(nn.Module):
     return merged, deepstack
 
 
-def llm_grid(cfg: VisionConfig, image_hw: Sequence[int]) -> tuple[int, int]:
-  """The merged token grid (rows, cols) of an image of size (H, W)."""
-  return image_hw[0] // cfg.token_size, image_hw[1] // cfg.token_size
+def llm_grid(cfg: VisionConfig, pixel_shape: Sequence[int]) -> tuple[int, int]:
+  """The merged token grid (rows, cols) of images [B, H, W, C]; rejects sizes the tower can't take."""
+  if len(pixel_shape) != 4 or pixel_shape[1] % cfg.token_size or pixel_shape[2] % cfg.token_size or (
+      pixel_shape[3] != cfg.in_channels):
+    raise ValueError(f"pixel_values has shape {tuple(pixel_shape)}; expected [B, H, W, {cfg.in_channels}] "
+                     f"with H and W multiples of {cfg.token_size}")
+  return pixel_shape[1] // cfg.token_size, pixel_shape[2] // cfg.token_size

@@ -13,6 +13,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from depthvlm_jax.model import layers, rope, vision
 from depthvlm_jax.model.config import ModelConfig
@@ -46,7 +47,7 @@ def check_placeholders(input_ids, image_token_id: int, num_tokens: int) -> None:
   """Eager check (skipped under tracing) that every row has exactly one image's placeholders."""
   if isinstance(input_ids, jax.core.Tracer):
     return
-  counts = jax.device_get(jnp.sum(input_ids == image_token_id, axis=1))
+  counts = np.sum(np.asarray(input_ids) == image_token_id, axis=1)  # numpy: never staged into a trace
   bad = [i for i, c in enumerate(counts) if int(c) != num_tokens]
   if bad:
     raise ValueError(
@@ -60,13 +61,13 @@ class DepthVLM(nn.Module):
   def setup(self):
     cfg = self.cfg
     kw = dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
-    self.visual = vision.VisionTower(cfg.vision, remat_policy=cfg.remat_policy, **kw)
+    run = dict(remat_policy=cfg.remat_policy, attention_impl=cfg.attention_impl)
+    self.visual = vision.VisionTower(cfg.vision, **run, **kw)
     self.embed_tokens = nn.Embed(
         cfg.text.vocab_size, cfg.text.hidden_size,
         embedding_init=layers.logical(layers.default_kernel_init, ("vocab", "embed")),
         dtype=layers.dtype_of(cfg.dtype), param_dtype=layers.dtype_of(cfg.param_dtype))
-    self.language_model = Decoder(cfg.text, len(cfg.vision.deepstack_visual_indexes),
-                                  remat_policy=cfg.remat_policy, **kw)
+    self.language_model = Decoder(cfg.text, len(cfg.vision.deepstack_visual_indexes), **run, **kw)
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.Dense(cfg.text.vocab_size, ("embed", "vocab"), False, **kw)
     if cfg.depth_head is not None:
@@ -85,7 +86,7 @@ class DepthVLM(nn.Module):
     x = self.embed_tokens(input_ids)
     grid = deepstack_seq = depth = None
     if pixel_values is not None:
-      grid = vision.llm_grid(cfg.vision, pixel_values.shape[1:3])
+      grid = vision.llm_grid(cfg.vision, pixel_values.shape)
       n_img = grid[0] * grid[1]
       check_placeholders(input_ids, cfg.image_token_id, n_img)
       image, deepstack = self.visual(pixel_values)
