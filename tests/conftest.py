@@ -1,7 +1,16 @@
 import os
 import sys
+import tempfile
 
 # The mesh tests need several (virtual) CPU devices; this must be set before JAX starts.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
+
+import jax  # noqa: E402
+
+# Test-speed settings (2 CPU cores): a cheaper PRNG for parameter init, and a compilation
+# cache so that the same tiny-model programs compiled by several test files compile once.
+jax.config.update("jax_default_prng_impl", "rbg")
+jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "depthvlm_jax_test_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

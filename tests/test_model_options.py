@@ -39,8 +39,8 @@ def test_option_keeps_outputs_and_gradients(setup, option):
 
 def test_bfloat16_compute_stays_close(setup):
   cfg, params, args = setup
-  ref = DepthVLM(cfg).apply({"params": params}, *args)
-  out = DepthVLM(cfg.replace(dtype="bfloat16")).apply({"params": params}, *args)
+  ref = jax.jit(DepthVLM(cfg).apply)({"params": params}, *args)
+  out = jax.jit(DepthVLM(cfg.replace(dtype="bfloat16")).apply)({"params": params}, *args)
   assert out.logits.dtype == jnp.bfloat16 and out.depth.dtype == jnp.float32
   valid = np.asarray(args[2]).astype(bool)
   assert np.abs(np.asarray(out.logits, np.float32)[valid] - np.asarray(ref.logits)[valid]).max() < 0.05

@@ -37,7 +37,8 @@ def abstract_params(cfg: ModelConfig, image_hw=(64, 64)):
 
 def init_params(cfg: ModelConfig, seed: int = 0, image_hw=(64, 64)):
   """Randomly initialised, unboxed params (for tests, demos and from-scratch runs)."""
-  return nn.unbox(DepthVLM(cfg).init(jax.random.key(seed), *_dummy_inputs(cfg, image_hw))["params"])
+  init = jax.jit(DepthVLM(cfg).init)
+  return nn.unbox(init(jax.random.key(seed), *_dummy_inputs(cfg, image_hw))["params"])
 
 
 def _check_against_model(params, cfg: ModelConfig, path: str) -> None:
