@@ -36,9 +36,12 @@ def abstract_params(cfg: ModelConfig, image_hw=(64, 64)):
 
 
 def init_params(cfg: ModelConfig, seed: int = 0, image_hw=(64, 64)):
-  """Randomly initialised, unboxed params (for tests, demos and from-scratch runs)."""
+  """Randomly initialised, unboxed params (for tests, demos and from-scratch runs).
+
+  Uses the "rbg" PRNG: with hundreds of parameter tensors, threefry's compile time dominates.
+  """
   init = jax.jit(DepthVLM(cfg).init)
-  return nn.unbox(init(jax.random.key(seed), *_dummy_inputs(cfg, image_hw))["params"])
+  return nn.unbox(init(jax.random.key(seed, impl="rbg"), *_dummy_inputs(cfg, image_hw))["params"])
 
 
 def _check_against_model(params, cfg: ModelConfig, path: str) -> None:
@@ -95,10 +98,15 @@ def save_pretrained(path: str, model: DepthVLM, params, *, dtype: Optional[str] 
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=".tmp-save-", dir=parent)
+  umask = os.umask(0)
+  os.umask(umask)
   try:
     safetensors_io.write_tensors(tmp, keymap.params_to_hf(host, cfg), max_shard_bytes)
     with open(os.path.join(tmp, CONFIG), "w") as f:
       json.dump(hf, f, indent=2)
+    for name in os.listdir(tmp):  # mkdtemp and safetensors create owner-only files
+      os.chmod(os.path.join(tmp, name), 0o666 & ~umask)
+    os.chmod(tmp, 0o777 & ~umask)
     if os.path.exists(path):
       old = tempfile.mkdtemp(prefix=".tmp-old-", dir=parent)
       os.replace(path, os.path.join(old, "d"))

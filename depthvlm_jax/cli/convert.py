@@ -1,0 +1,54 @@
+"""depthvlm-convert: move checkpoints between Hugging Face directories and this project.
+
+  depthvlm-convert --src=/ckpt/DepthVLM-4B --dst=/ckpt/DepthVLM-4B-bf16 --dtype=bfloat16
+  depthvlm-convert --preset=tiny --dst=out/tiny          # random weights, for demos and tests
+
+Every conversion goes HF -> project params -> HF through the same key table, so a converted
+directory is proof that the project reads the checkpoint completely.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import jax
+from absl import app, flags, logging
+
+import depthvlm_jax as dvlm
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("src", None, "Hugging Face Qwen3-VL / DepthVLM directory to read.")
+flags.DEFINE_string("preset", None, "Instead of --src: random-initialise this preset (tiny, 2b, 4b, 8b).")
+flags.DEFINE_string("dst", None, "Output directory (written atomically).", required=True)
+flags.DEFINE_enum("dtype", None, ["float32", "bfloat16"], "Tensor dtype to write (default: as read).")
+flags.DEFINE_bool("drop_depth_head", False, "Write a plain Qwen3-VL checkpoint (no depth_head.* tensors).")
+flags.DEFINE_integer("seed", 0, "Seed for --preset.")
+flags.DEFINE_integer("max_shard_mb", 5 * 1024, "Largest safetensors shard, in MiB.")
+
+
+def main(argv):
+  del argv
+  if (FLAGS.src is None) == (FLAGS.preset is None):
+    raise app.UsageError("give exactly one of --src (convert a checkpoint) or --preset (random init)")
+  start = time.time()
+  if FLAGS.src:
+    overrides = {"depth_head": None} if FLAGS.drop_depth_head else {}
+    model, params = dvlm.load_pretrained(FLAGS.src, **overrides)
+  else:
+    cfg = dvlm.get_config(FLAGS.preset, **({"depth_head": None} if FLAGS.drop_depth_head else {}))
+    model, params = dvlm.DepthVLM(cfg), dvlm.init_params(cfg, seed=FLAGS.seed)
+  count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+  logging.info("read %s parameters (%s) in %.1f s", f"{count:,}", FLAGS.src or f"preset {FLAGS.preset}",
+               time.time() - start)
+  dvlm.save_pretrained(FLAGS.dst, model, params, dtype=FLAGS.dtype, max_shard_bytes=FLAGS.max_shard_mb * 2**20)
+  head = model.cfg.depth_head.kind if model.cfg.depth_head else "none"
+  print(f"wrote {FLAGS.dst}: {count:,} parameters, depth head: {head}, {time.time() - start:.1f} s")
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
