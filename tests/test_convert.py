@@ -143,3 +143,14 @@ def test_load_errors_name_the_problem(depthvlm_checkpoint, tmp_path):
   safetensors_io.write_tensors(str(broken), tensors.items())
   with pytest.raises(KeyError, match="model.visual.unknown.weight"):
     dvlm.load_pretrained(str(broken))
+
+
+def test_mlp_head_checkpoint_round_trips(tmp_path):
+  cfg = tiny(depth_head=dvlm.DepthHeadConfig(kind="mlp", mlp_hidden=48))
+  model, params = dvlm.DepthVLM(cfg), dvlm.init_params(cfg, seed=4)
+  dvlm.save_pretrained(str(tmp_path / "a"), model, params)
+  assert "depth_head.mlp.2.weight" in read_raw(tmp_path / "a")
+  loaded, reread = dvlm.load_pretrained(str(tmp_path / "a"))
+  assert loaded.cfg.depth_head.kind == "mlp" and loaded.cfg.depth_head.mlp_hidden == 48
+  dvlm.save_pretrained(str(tmp_path / "b"), loaded, reread)
+  assert read_raw(tmp_path / "a") == read_raw(tmp_path / "b")

@@ -28,7 +28,7 @@ class RecordError(ValueError):
 
   def __init__(self, record: str, field: str, problem: str):
     super().__init__(f"record {record!r}, field {field!r}: {problem}")
-    self.record, self.field = record, field
+    self.record, self.field, self.problem = record, field, problem
 
 
 @dataclasses.dataclass

@@ -1,0 +1,1 @@
+"""Unified metric-depth data: records, ingestion, synthetic scenes, transforms, text, pipelines."""

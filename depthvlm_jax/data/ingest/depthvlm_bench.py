@@ -1,0 +1,99 @@
+"""DepthVLM-Bench JSONL (one image a line, dense uint16 depth PNG + sparse points) -> DepthRecords.
+
+Camera: the record gives only `original_fx`, at the RGB image's own size. fy defaults to fx
+(square pixels) and the principal point to the image centre ((W-1)/2, (H-1)/2), unless the
+record has `original_fy`, `original_cx`, `original_cy`. Dense depth is PNG / depth_scale
+(0 = no measurement); `pixel_coords` are at the depth map's resolution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+from PIL import Image
+
+from depthvlm_jax.data.ingest import (dataset_info, find_file, jsonl_rows, load_image, located, naming,
+                                      numbers, require, sparse_points)
+from depthvlm_jax.data.records import DepthRecord, RecordError
+
+
+def records(jsonl_path, root=None, *, depth_root=None, dataset: Optional[str] = None,
+            domain: Optional[str] = None, depth_range=None, split: str = "test") -> Iterator[DepthRecord]:
+  """root: folder the `image` paths are relative to (default: the JSONL's folder);
+  depth_root: the same for `depth_path` (default: root). dataset, domain, depth_range apply
+  where the record does not name them (domain and range default to the benchmark's values)."""
+  jsonl_path = Path(jsonl_path)
+  root = jsonl_path.parent if root is None else Path(root)
+  depth_root = root if depth_root is None else Path(depth_root)
+  for loc, row in jsonl_rows(jsonl_path):
+    with located(loc):
+      rec = _record(row, loc, root, depth_root, dataset, domain, depth_range, split)
+    yield rec
+
+
+def _record(row, loc, root, depth_root, dataset, domain, depth_range, split) -> DepthRecord:
+  name, domain, depth_range = dataset_info(row, loc, dataset, domain, depth_range)
+  if row.get("depth_type", "z_depth") != "z_depth":
+    raise RecordError(loc, "depth_type", f"only 'z_depth' is supported, got {row['depth_type']!r}")
+  image_rel = str(require(row, "image", loc))
+  image, image_size = load_image(find_file(root, image_rel, loc, "image"), loc)
+  if row.get("original_rgb_size") is not None:
+    declared = tuple(int(x) for x in numbers(row, "original_rgb_size", loc, (2,)))
+    if declared != image_size:
+      raise RecordError(loc, "original_rgb_size", f"says {declared} but the image is {image_size} (W, H); "
+                        "original_fx would not match the image")
+  declared_depth = None
+  if row.get("original_depth_size") is not None:
+    declared_depth = tuple(int(x) for x in numbers(row, "original_depth_size", loc, (2,)))
+  depth = None
+  if row.get("depth_path"):
+    depth = _dense_depth(find_file(depth_root, str(row["depth_path"]), loc, "depth_path"), row, loc)
+    depth_size = (depth.shape[1], depth.shape[0])
+    if declared_depth is not None and declared_depth != depth_size:
+      raise RecordError(loc, "original_depth_size", f"says {declared_depth} but the depth map is {depth_size} (W, H)")
+    if declared_depth is None and depth_size != image_size:
+      # An undeclared size difference more likely means a wrong pairing than a real one.
+      raise RecordError(loc, "original_depth_size", f"missing, and the depth map {depth_size} differs "
+                        f"from the image {image_size} (W, H)")
+  else:
+    depth_size = declared_depth or image_size
+  points = None
+  if row.get("pixel_coords") is not None:
+    points = sparse_points(row, loc, depth_size).astype(np.float32)
+  key, scene, frame = naming(name, image_rel, str(row.get("scene_id") or ""))
+  return DepthRecord(
+      key=key, image=image, image_size=image_size, intrinsics=_intrinsics(row, loc, image_size),
+      depth_size=depth_size, dataset=name, domain=domain, depth_range=depth_range, depth=depth,
+      points=points, depth_source_type="z", scene_id=scene, frame_id=frame, split=split).validate()
+
+
+def _intrinsics(row, loc, image_size) -> tuple[float, float, float, float]:
+  fx = float(numbers(row, "original_fx", loc, ()))
+  if fx <= 0:
+    raise RecordError(loc, "original_fx", f"must be positive, got {fx}")
+  fy = float(numbers(row, "original_fy", loc, ())) if row.get("original_fy") is not None else fx
+  if fy <= 0:
+    raise RecordError(loc, "original_fy", f"must be positive, got {fy}")
+  w, h = image_size
+  cx = float(numbers(row, "original_cx", loc, ())) if row.get("original_cx") is not None else (w - 1) / 2
+  cy = float(numbers(row, "original_cy", loc, ())) if row.get("original_cy") is not None else (h - 1) / 2
+  return fx, fy, cx, cy
+
+
+def _dense_depth(path: Path, row, loc) -> np.ndarray:
+  """Single-channel integer PNG / depth_scale -> float32 metres (divided in float64, so the
+  values equal the JSONL's `depth` written as png / scale)."""
+  scale = float(numbers(row, "depth_scale", loc, ()))
+  if scale <= 0:
+    raise RecordError(loc, "depth_scale", f"must be positive, got {scale}")
+  try:
+    with Image.open(path) as im:
+      im.load()
+      raw = np.asarray(im)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise RecordError(loc, "depth_path", f"cannot decode {path} ({e})") from e
+  if raw.ndim != 2 or raw.dtype.kind not in "ui":
+    raise RecordError(loc, "depth_path", f"expected a single-channel integer PNG, got {raw.dtype} {list(raw.shape)}")
+  return (raw.astype(np.float64) / scale).astype(np.float32)
