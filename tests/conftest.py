@@ -8,6 +8,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
 import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+# grain's worker processes read absl flags, which pytest never parses.
+flags.FLAGS.mark_as_parsed()
 
 # Test-speed settings (2 CPU cores): a cheaper PRNG for parameter init, and a compilation
 # cache so that the same tiny-model programs compiled by several test files compile once.

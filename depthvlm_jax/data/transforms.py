@@ -178,10 +178,20 @@ def draw_arrow(rgb: np.ndarray, x: int, y: int) -> np.ndarray:
   return out
 
 
-def sample_query_point(example: Example, rng: np.random.Generator, border: int = 5) -> tuple[int, int, float]:
-  """One labelled point, uniformly among those whose pixel is >= border px from every edge of
-  the real (unpadded) image, as integer (x, y) and its z-depth in metres."""
+def sample_query_point(example: Example, rng: np.random.Generator, border: int = 5,
+                       valid: Optional[np.ndarray] = None) -> tuple[int, int, float]:
+  """One labelled pixel >= border px from every edge of the real (unpadded) image, as integer
+  (x, y) and its z-depth in metres: uniform over the dense `valid` pixels when a mask is given
+  (any valid pixel is a label, as DepthLM samples them), else over the sparse points."""
   real_h, real_w = int(example.pixel_mask.any(axis=1).sum()), int(example.pixel_mask.any(axis=0).sum())
+  if valid is not None:
+    inner = np.zeros_like(valid)
+    inner[border:real_h - border, border:real_w - border] = True
+    rows, cols = np.nonzero(valid & inner)
+    if not len(rows):
+      raise RecordError(example.key, "valid", f"no valid depth pixel lies {border} px or more inside the image")
+    i = rng.integers(len(rows))
+    return int(cols[i]), int(rows[i]), float(example.depth[rows[i], cols[i]])
   if example.points is None or not len(example.points):
     raise RecordError(example.key, "points", "no labelled point to query")
   px = _pixel(example.points[:, :2])

@@ -1,0 +1,207 @@
+"""grain input pipelines for DepthVLM (dense targets) and DepthLM (one marked point, text answer).
+
+  sources (ArrayRecord shards | synthetic scenes), mixed by weight
+    -> shuffle -> repeat -> this process's shard -> decode -> focal normalisation (canonical fx)
+    -> crop to the static size -> depth targets -> [DepthLM: point + red arrow] -> chat tokens
+    -> batch -> (multiprocess prefetch) -> global jax.Array on the mesh
+
+Every example has the same shapes, so the train step compiles once. A record that fails to
+decode or transform either raises (`on_bad_record="raise"`) or becomes an example with
+`weight` 0 and no valid target (`"skip"`): shapes stay static, the iterator state stays exact,
+and the trainer counts skips from the batches (`skipped_in(batch)`), however many workers ran.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+import grain
+import jax
+import numpy as np
+from absl import logging
+
+from depthvlm_jax.data import shards, text, transforms
+from depthvlm_jax.data.records import DepthRecord, RecordError
+
+MODES = ("depthvlm", "depthlm")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """One dataset of a mixture: ArrayRecord shards (a glob, dir or paths) or, with
+  `synthetic=N`, N procedurally rendered scenes (rendered in the workers, no files)."""
+
+  paths: Any = None
+  weight: float = 1.0
+  synthetic: int = 0
+  synthetic_kind: str = "mixed"
+  synthetic_seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+  mode: str = "depthvlm"
+  sources: tuple[Source, ...] = ()
+  image_hw: tuple[int, int] = (256, 320)  # static (H, W), multiples of 32
+  canonical_fx: float = 1000.0
+  batch_size: int = 8  # global batch; each process loads batch_size / process_count
+  seq_len: int = 0  # static text length; 0 = derived from the image size and the mode's text
+  max_points: int = 100  # sparse labels kept per example (evaluation)
+  train: bool = True  # random crops / DepthLM crops; otherwise centre crop + padding
+  shuffle: bool = True
+  num_epochs: Optional[int] = None  # None = repeat forever
+  seed: int = 0
+  worker_count: int = 0  # 0 = load in the main process
+  on_bad_record: str = "skip"  # "skip" (weight-0 example, counted) | "raise"
+  tokenizer_path: Optional[str] = None  # HF tokenizer dir/json; None = the shipped tiny one
+
+  def validate(self) -> "PipelineConfig":
+    if self.mode not in MODES:
+      raise ValueError(f"data.mode={self.mode!r}: use one of {MODES}")
+    if not self.sources:
+      raise ValueError("data.sources is empty: give ArrayRecord paths or a synthetic source")
+    if any(s % 32 for s in self.image_hw):
+      raise ValueError(f"data.image_hw={self.image_hw}: both sides must be multiples of 32")
+    if self.on_bad_record not in ("skip", "raise"):
+      raise ValueError(f"data.on_bad_record={self.on_bad_record!r}: use 'skip' or 'raise'")
+    if self.batch_size % jax.process_count():
+      raise ValueError(f"data.batch_size={self.batch_size} is not divisible by {jax.process_count()} processes")
+    return self
+
+
+def num_image_tokens(image_hw: Sequence[int]) -> int:
+  return (image_hw[0] // 32) * (image_hw[1] // 32)
+
+
+def sequence_length(cfg: PipelineConfig, tok: text.Tokenizer) -> int:
+  """The static text length: the longest chat the mode produces (DepthLM answers vary with the
+  number of digits), rounded up to a multiple of 8."""
+  if cfg.seq_len:
+    return cfg.seq_len
+  n = num_image_tokens(cfg.image_hw)
+  if cfg.mode == "depthvlm":
+    longest = len(text.chat_tokens(tok, n, text.DEPTHVLM_PROMPT, text.DEPTHVLM_REPLY)[0])
+  else:
+    longest = max(len(text.chat_tokens(tok, n, text.DEPTHLM_QUESTION, text.depthlm_answer(d))[0])
+                  for d in (0.01, 9.99, 99.99, 999.99))
+  return -(-longest // 8) * 8
+
+
+class _RenderSynthetic(grain.transforms.Map):
+  """Index -> serialised synthetic record (deterministic per index)."""
+
+  def __init__(self, kind: str, seed: int):
+    self.kind, self.seed = kind, seed
+
+  def map(self, index: int) -> bytes:
+    from depthvlm_jax.data import synthetic
+    cfg = synthetic.SceneConfig(kind=self.kind)
+    return synthetic.make_record(self.seed + int(index), cfg, split="train").to_bytes()
+
+
+def _source_dataset(src: Source) -> grain.MapDataset:
+  if src.synthetic:
+    return grain.MapDataset.range(src.synthetic).map(_RenderSynthetic(src.synthetic_kind, src.synthetic_seed))
+  return grain.MapDataset.source(shards.read_source(src.paths))
+
+
+class ExampleFn(grain.transforms.RandomMap):
+  """Serialised record -> one example dict of fixed shapes (see `example_spec`)."""
+
+  def __init__(self, cfg: PipelineConfig):
+    self.cfg = cfg
+    self.tok = text.load_tokenizer(cfg.tokenizer_path)
+    self.seq_len = sequence_length(cfg, self.tok)
+
+  def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    try:
+      return self._example(DepthRecord.from_bytes(data), rng)
+    except (RecordError, ValueError) as e:
+      if self.cfg.on_bad_record == "raise":
+        raise
+      logging.warning("skipping a bad record: %s", e)
+      return self._empty()
+
+  def _example(self, rec: DepthRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    cfg = self.cfg
+    rgb = rec.decode_image()
+    if (rgb.shape[1], rgb.shape[0]) != tuple(rec.image_size):
+      raise RecordError(rec.key, "image_size", f"says {rec.image_size} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
+    valid = rec.valid_mask() if rec.depth is not None else None
+    ex = transforms.focal_normalize(rgb, rec.depth, valid, rec.points, rec.intrinsics, rec.depth_size,
+                                    cfg.canonical_fx, key=rec.key)
+    if cfg.train and cfg.mode == "depthlm":
+      ex = transforms.depthlm_crop(ex, rng)
+    ex = transforms.random_crop(ex, cfg.image_hw, rng) if cfg.train else transforms.center_crop(ex, cfg.image_hw)
+    depth, depth_valid = transforms.depth_targets(ex, rec.depth_range)
+    rgb, n_img = ex.rgb, num_image_tokens(cfg.image_hw)
+    query = np.zeros(3, np.float32)
+    if cfg.mode == "depthvlm":
+      ids, mask = text.chat_tokens(self.tok, n_img, text.DEPTHVLM_PROMPT, text.DEPTHVLM_REPLY)
+    else:
+      x, y, z = transforms.sample_query_point(ex, rng, valid=depth_valid if ex.depth is not None else None)
+      rgb = transforms.draw_arrow(rgb, x, y)
+      ids, mask = text.chat_tokens(self.tok, n_img, text.DEPTHLM_QUESTION, text.depthlm_answer(z))
+      query = np.array([x, y, z], np.float32)
+    toks = text.pad_batch([(ids, mask)], self.seq_len, self.tok.pad_id)
+    points, points_valid = _fixed_points(ex.points, cfg.max_points)
+    lo, hi = rec.depth_range
+    in_range = points_valid & (points[:, 2] > lo) & (points[:, 2] <= hi)
+    return dict(image=rgb, depth=depth, depth_valid=depth_valid, pixel_mask=ex.pixel_mask,
+                intrinsics=np.asarray(ex.intrinsics, np.float32), points=points, points_valid=in_range,
+                query=query, input_ids=toks.input_ids[0], attention_mask=toks.attention_mask[0],
+                labels=toks.labels[0], weight=np.float32(1.0))
+
+  def _empty(self) -> dict[str, np.ndarray]:
+    h, w = self.cfg.image_hw
+    ids, mask = text.chat_tokens(self.tok, num_image_tokens(self.cfg.image_hw), "", None)
+    toks = text.pad_batch([(ids, np.zeros_like(mask))], self.seq_len, self.tok.pad_id)
+    k = self.cfg.max_points
+    return dict(image=np.zeros((h, w, 3), np.uint8), depth=np.zeros((h, w), np.float32),
+                depth_valid=np.zeros((h, w), bool), pixel_mask=np.zeros((h, w), bool),
+                intrinsics=np.ones(4, np.float32), points=np.zeros((k, 3), np.float32),
+                points_valid=np.zeros(k, bool), query=np.zeros(3, np.float32),
+                input_ids=toks.input_ids[0], attention_mask=toks.attention_mask[0], labels=toks.labels[0],
+                weight=np.float32(0.0))
+
+
+def _fixed_points(points: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
+  out, valid = np.zeros((k, 3), np.float32), np.zeros(k, bool)
+  if points is not None and len(points):
+    n = min(len(points), k)
+    out[:n], valid[:n] = points[:n], True
+  return out, valid
+
+
+def build(cfg: PipelineConfig, process_index: Optional[int] = None, process_count: Optional[int] = None):
+  """The per-process grain pipeline: an IterDataset of batches of batch_size / process_count."""
+  cfg = cfg.validate()
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  datasets = []
+  for k, src in enumerate(cfg.sources):
+    ds = _source_dataset(src)
+    if cfg.shuffle:
+      ds = ds.shuffle(seed=cfg.seed + 7919 * k)
+    datasets.append(ds.repeat(cfg.num_epochs))
+  ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [s.weight for s in cfg.sources])
+  ds = ds[pi::pc]
+  ds = ds.random_map(ExampleFn(cfg), seed=cfg.seed)
+  ds = ds.batch(cfg.batch_size // pc, drop_remainder=True)
+  it = ds.to_iter_dataset()
+  if cfg.worker_count:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
+  return it
+
+
+def skipped_in(batch: dict[str, np.ndarray]) -> int:
+  """How many examples of a batch stand for records that were skipped."""
+  return int(np.sum(np.asarray(batch["weight"]) == 0))
+
+
+def to_global(batch: dict[str, np.ndarray], mesh: jax.sharding.Mesh,
+              batch_axes: Sequence[str] = ("data", "fsdp")) -> dict[str, jax.Array]:
+  """This process's slice of the batch -> global jax.Arrays split over the batch mesh axes."""
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(batch_axes)))
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
