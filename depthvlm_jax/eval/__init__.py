@@ -1,0 +1,1 @@
+"""Evaluation: depth metrics and benchmark runners."""
