@@ -10,13 +10,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Iterator, Optional
 
-from depthvlm_jax.data.ingest import depthlm, depthvlm_bench
+from depthvlm_jax.data.ingest import depthlm, depthvlm_bench, diode, eth3d, kitti, nyuv2
 from depthvlm_jax.data.records import DepthRecord
 from depthvlm_jax.data.shards import write_shards
 
 CONVERTERS: dict[str, Callable[..., Iterator[DepthRecord]]] = {
     "depthvlm_bench": depthvlm_bench.records,
     "depthlm": depthlm.records,
+    "nyuv2": nyuv2.records,
+    "kitti": kitti.records,
+    "diode": diode.records,
+    "eth3d": eth3d.records,
 }
 
 
