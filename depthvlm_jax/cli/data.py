@@ -3,6 +3,8 @@
   depthvlm-data ingest --source=depthvlm_bench --input=examples.jsonl --out=data/scannetpp \\
       --root=rgb --depth_root=depth --dataset=scannetpp
   depthvlm-data ingest --source=depthlm --input=ibims1_val.jsonl --out=data/ibims --depth_type=z
+  depthvlm-data ingest --source=kitti --input=eigen_test_files.txt --root=/kitti/raw \
+      --param=gt_root=/kitti/data_depth_annotated --out=data/kitti
   depthvlm-data synth --num=2000 --kind=mixed --out=data/synth --num_shards=4
   depthvlm-data show --input='data/synth/*.array_record'
 
@@ -32,6 +34,8 @@ flags.DEFINE_string("depth_root", None, "ingest (depthvlm_bench): depth PNG root
 flags.DEFINE_string("dataset", None, "ingest: dataset name (sets domain and depth range when known).")
 flags.DEFINE_string("domain", None, "ingest: indoor | outdoor | mixed.")
 flags.DEFINE_enum("depth_type", None, ["z", "ray"], "ingest (depthlm): what the JSONL depths are.")
+flags.DEFINE_multi_string("param", [], "ingest: converter-specific key=value (e.g. gt_root=/kitti/gt, "
+                          "indices=splits.mat, depth_key=rawDepths, strict=true).")
 flags.DEFINE_string("split", "test", "Split name stored in the records.")
 flags.DEFINE_integer("num", 1000, "synth: number of scenes.")
 flags.DEFINE_enum("kind", "mixed", ["indoor", "outdoor", "mixed"], "synth: scene kind.")
@@ -56,6 +60,11 @@ class _Progress:
 def _ingest():
   params = {k: getattr(FLAGS, k) for k in ("root", "depth_root", "dataset", "domain", "depth_type")
             if getattr(FLAGS, k) is not None}
+  for item in FLAGS.param:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise app.UsageError(f"--param={item!r} is not key=value")
+    params[key] = {"true": True, "false": False}.get(value.lower(), value)
   if FLAGS.source == "depthlm" and FLAGS.depth_type is None:
     raise app.UsageError("--depth_type=z|ray is required: DepthLM's JSONL does not say which its depths are")
   if FLAGS.source != "depthlm":
