@@ -13,6 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
 
 import numpy as np
+from PIL import Image
 
 from depthvlm_jax.data.records import RecordError, decode_rgb
 
@@ -120,6 +121,20 @@ def load_image(path: Path, loc: str) -> tuple[bytes, tuple[int, int]]:
   except RecordError as e:
     raise RecordError(loc, "image", f"{path}: {e.problem}") from e
   return data, (rgb.shape[1], rgb.shape[0])
+
+
+def depth_png(path: Path, scale: float, loc: str, field: str) -> np.ndarray:
+  """Single-channel integer depth PNG / scale -> float32 metres (divided in float64, so values
+  equal the published png / scale exactly); 0 stays 0 (no measurement)."""
+  try:
+    with Image.open(path) as im:
+      im.load()
+      raw = np.asarray(im)
+  except (OSError, ValueError, SyntaxError) as e:
+    raise RecordError(loc, field, f"cannot decode {path} ({e})") from e
+  if raw.ndim != 2 or raw.dtype.kind not in "ui":
+    raise RecordError(loc, field, f"{path}: expected a single-channel integer PNG, got {raw.dtype} {list(raw.shape)}")
+  return (raw.astype(np.float64) / scale).astype(np.float32)
 
 
 def dataset_info(row: dict, loc: str, dataset: Optional[str], domain: Optional[str],

@@ -12,9 +12,8 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import numpy as np
-from PIL import Image
 
-from depthvlm_jax.data.ingest import (dataset_info, find_file, jsonl_rows, load_image, located, naming,
+from depthvlm_jax.data.ingest import (dataset_info, depth_png, find_file, jsonl_rows, load_image, located, naming,
                                       numbers, require, sparse_points)
 from depthvlm_jax.data.records import DepthRecord, RecordError
 
@@ -83,17 +82,7 @@ def _intrinsics(row, loc, image_size) -> tuple[float, float, float, float]:
 
 
 def _dense_depth(path: Path, row, loc) -> np.ndarray:
-  """Single-channel integer PNG / depth_scale -> float32 metres (divided in float64, so the
-  values equal the JSONL's `depth` written as png / scale)."""
   scale = float(numbers(row, "depth_scale", loc, ()))
   if scale <= 0:
     raise RecordError(loc, "depth_scale", f"must be positive, got {scale}")
-  try:
-    with Image.open(path) as im:
-      im.load()
-      raw = np.asarray(im)
-  except (OSError, ValueError, SyntaxError) as e:
-    raise RecordError(loc, "depth_path", f"cannot decode {path} ({e})") from e
-  if raw.ndim != 2 or raw.dtype.kind not in "ui":
-    raise RecordError(loc, "depth_path", f"expected a single-channel integer PNG, got {raw.dtype} {list(raw.shape)}")
-  return (raw.astype(np.float64) / scale).astype(np.float32)
+  return depth_png(path, scale, loc, "depth_path")

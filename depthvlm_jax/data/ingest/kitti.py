@@ -17,9 +17,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 from absl import logging
-from PIL import Image
 
-from depthvlm_jax.data.ingest import find_file, load_image, located
+from depthvlm_jax.data.ingest import depth_png, find_file, load_image, located
 from depthvlm_jax.data.records import DepthRecord, RecordError, intrinsics_at
 
 DEPTH_RANGE = (0.001, 80.0)
@@ -68,7 +67,7 @@ def _record(tokens, loc, root, gt_root, strict, calibrations, depth_range, split
       raise RecordError(loc, "depth", f"no ground truth for {drive}/{camera}/{stem} under {gt_root}")
     return None
   image, size = load_image(find_file(root, image_rel, loc, "image"), loc)
-  depth = _depth_png(gt, loc)
+  depth = depth_png(gt, 256.0, loc, "depth")
   if (depth.shape[1], depth.shape[0]) != size:
     raise RecordError(loc, "depth", f"{gt} is {depth.shape[1]}x{depth.shape[0]} but the image is {size[0]}x{size[1]}")
   intrinsics = _intrinsics(root / date / "calib_cam_to_cam.txt", camera[-2:], size, loc, calibrations)
@@ -87,17 +86,6 @@ def _image_path(tokens, loc) -> str:
       raise RecordError(loc, "image", f"frame {frame!r} is not an integer") from e
   return tokens[0]
 
-
-def _depth_png(path: Path, loc) -> np.ndarray:
-  try:
-    with Image.open(path) as im:
-      im.load()
-      raw = np.asarray(im)
-  except (OSError, ValueError, SyntaxError) as e:
-    raise RecordError(loc, "depth", f"cannot decode {path} ({e})") from e
-  if raw.ndim != 2 or raw.dtype.kind not in "ui":
-    raise RecordError(loc, "depth", f"{path}: expected a single-channel uint16 PNG, got {raw.dtype} {list(raw.shape)}")
-  return (raw.astype(np.float64) / 256.0).astype(np.float32)
 
 
 def _intrinsics(path: Path, cam: str, size, loc, cache) -> tuple[float, float, float, float]:
