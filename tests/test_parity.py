@@ -1,6 +1,5 @@
 """The Flax model equals `transformers`' Qwen3-VL on equal random weights (float32)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
