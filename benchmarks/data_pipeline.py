@@ -20,14 +20,15 @@ from depthvlm_jax.data.ingest.run import ingest
 
 flags.DEFINE_string("fixtures", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures"),
                     "Seed fixtures folder (skipped if absent).")
-flags.DEFINE_integer("batches", 10, "Timed batches per case (after 1 warm-up batch).")
+flags.DEFINE_integer("batches", 25, "Timed batches per case (after one warm-up batch per worker).")
 flags.DEFINE_integer("batch_size", 4, "Examples per batch.")
 FLAGS = flags.FLAGS
 
 
 def rate(cfg: pipeline.PipelineConfig) -> float:
   it = iter(pipeline.build(cfg))
-  next(it)  # warm-up: worker start, tokenizer load
+  for _ in range(max(1, cfg.worker_count)):
+    next(it)  # warm-up: every worker started (imports, tokenizer load)
   start = time.perf_counter()
   for _ in range(FLAGS.batches):
     next(it)
