@@ -150,8 +150,9 @@ def decode_rgb(data: bytes, key: str = "?") -> np.ndarray:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
+  """Lossless PNG at a low compression level: ~3x faster to write, ~20% larger."""
   buf = io.BytesIO()
-  Image.fromarray(rgb).save(buf, format="PNG")
+  Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
   return buf.getvalue()
 
 
