@@ -131,3 +131,12 @@ def test_bad_pipeline_config_is_refused():
     pipeline.build(pipeline.PipelineConfig(sources=(pipeline.Source("x"),), image_hw=(100, 64)))
   with pytest.raises(ValueError, match="mode"):
     pipeline.build(pipeline.PipelineConfig(mode="dense", sources=(pipeline.Source("x"),)))
+
+
+def test_synthetic_source_renders_in_the_pipeline():
+  cfg = pipeline.PipelineConfig(sources=(pipeline.Source(synthetic=8, synthetic_kind="outdoor"),), image_hw=(192, 256),
+                                batch_size=2, canonical_fx=300.0, seed=1)
+  batch = next(iter(pipeline.build(cfg)))
+  assert batch["image"].shape == (2, 192, 256, 3) and pipeline.skipped_in(batch) == 0
+  assert batch["depth_valid"].mean() > 0.3 and batch["depth"][batch["depth_valid"]].max() > 20.0
+  np.testing.assert_allclose(batch["intrinsics"][:, 0], 300.0, rtol=5e-3)
