@@ -53,6 +53,8 @@ class PipelineConfig:
   num_epochs: Optional[int] = None  # None = repeat forever
   seed: int = 0
   worker_count: int = 0  # 0 = load in the main process
+  read_threads: int = 2  # threads per process decoding/transforming examples
+  prefetch_batches: int = 2  # batches buffered per process (bounds host memory)
   on_bad_record: str = "skip"  # "skip" (weight-0 example, counted) | "raise"
   tokenizer_path: Optional[str] = None  # HF tokenizer dir/json; None = the shipped tiny one
 
@@ -189,7 +191,7 @@ def build(cfg: PipelineConfig, process_index: Optional[int] = None, process_coun
   ds = ds[pi::pc]
   ds = ds.random_map(ExampleFn(cfg), seed=cfg.seed)
   ds = ds.batch(cfg.batch_size // pc, drop_remainder=True)
-  it = ds.to_iter_dataset()
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches))
   if cfg.worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
   return it
