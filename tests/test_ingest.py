@@ -159,7 +159,7 @@ def write_case(tmp_path, source, bad_row, files=None):
   return jsonl
 
 
-def refused(tmp_path, source, bad_row, field, files=None):
+def check_refused(tmp_path, source, bad_row, field, files=None):
   jsonl = write_case(tmp_path, source, bad_row, files)
   out = tmp_path / "out"
   params = {"dataset": "ibims", "depth_type": "z"} if source == "depthlm" else {"dataset": "scannetpp"}
@@ -173,54 +173,54 @@ def refused(tmp_path, source, bad_row, field, files=None):
 
 @pytest.mark.parametrize("data", [b"not an image at all", rgb_png()[:200]], ids=["corrupt", "truncated"])
 def test_refuses_bad_image_bytes(tmp_path, data):
-  refused(tmp_path, "depthlm", depthlm_row("b.png"), "image", {"b.png": data})
+  check_refused(tmp_path, "depthlm", depthlm_row("b.png"), "image", {"b.png": data})
 
 
 def test_refuses_truncated_jpeg(tmp_path):
   buf = io.BytesIO()
   Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(buf, format="JPEG")
-  refused(tmp_path, "depthvlm_bench", bench_row("b.jpg"), "image", {"b.jpg": buf.getvalue()[:-100]})
+  check_refused(tmp_path, "depthvlm_bench", bench_row("b.jpg"), "image", {"b.jpg": buf.getvalue()[:-100]})
 
 
 def test_refuses_undeclared_depth_size_mismatch(tmp_path):
   files = {"d2.png": png(np.full((H // 2, W // 2), 1500, np.uint16))}
-  refused(tmp_path, "depthvlm_bench", bench_row(depth_path="d2.png", original_depth_size=None),
+  check_refused(tmp_path, "depthvlm_bench", bench_row(depth_path="d2.png", original_depth_size=None),
           "original_depth_size", files)
 
 
 def test_refuses_depthlm_image_size_mismatch(tmp_path):
-  refused(tmp_path, "depthlm", depthlm_row(intrinsics=[30.0, 30.0, 15.5, 11.5, 64, 48]), "intrinsics")
+  check_refused(tmp_path, "depthlm", depthlm_row(intrinsics=[30.0, 30.0, 15.5, 11.5, 64, 48]), "intrinsics")
 
 
 @pytest.mark.parametrize("intrinsics", [None, [0.0, 30.0, 15.5, 11.5, W, H], [30.0, -1.0, 15.5, 11.5, W, H]])
 def test_refuses_bad_depthlm_intrinsics(tmp_path, intrinsics):
-  message = refused(tmp_path, "depthlm", depthlm_row(intrinsics=intrinsics), "intrinsics")
+  message = check_refused(tmp_path, "depthlm", depthlm_row(intrinsics=intrinsics), "intrinsics")
   assert ("missing" in message) == (intrinsics is None)
 
 
 @pytest.mark.parametrize("fx", [None, 0.0, -3.0])
 def test_refuses_bad_original_fx(tmp_path, fx):
-  message = refused(tmp_path, "depthvlm_bench", bench_row(original_fx=fx), "original_fx")
+  message = check_refused(tmp_path, "depthvlm_bench", bench_row(original_fx=fx), "original_fx")
   assert ("missing" in message) == (fx is None)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -1.0, 0.0])
 def test_refuses_bad_depth_values(tmp_path, value):
-  refused(tmp_path, "depthlm", depthlm_row(depth=[1.5, value]), "depth")
+  check_refused(tmp_path, "depthlm", depthlm_row(depth=[1.5, value]), "depth")
 
 
 def test_refuses_empty_valid_mask(tmp_path):
   files = {"d0.png": png(np.zeros((H, W), np.uint16))}
-  refused(tmp_path, "depthvlm_bench", bench_row(depth_path="d0.png", pixel_coords=None, depth=None), "valid", files)
+  check_refused(tmp_path, "depthvlm_bench", bench_row(depth_path="d0.png", pixel_coords=None, depth=None), "valid", files)
 
 
 def test_refuses_empty_points(tmp_path):
-  refused(tmp_path, "depthlm", depthlm_row(pixel_coords=[], depth=[]), "pixel_coords")
+  check_refused(tmp_path, "depthlm", depthlm_row(pixel_coords=[], depth=[]), "pixel_coords")
 
 
 @pytest.mark.parametrize("coord", [[W, 0], [0, H], [-1, 3], [31.5, 23.5]])
 def test_refuses_out_of_range_points(tmp_path, coord):
-  refused(tmp_path, "depthlm", depthlm_row(pixel_coords=[[3, 4], coord]), "pixel_coords")
+  check_refused(tmp_path, "depthlm", depthlm_row(pixel_coords=[[3, 4], coord]), "pixel_coords")
 
 
 @pytest.mark.parametrize("mode", ["L", "RGBA", "I;16", "P"])

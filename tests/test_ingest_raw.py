@@ -26,7 +26,7 @@ def save_image(path, array):
   Image.fromarray(array).save(path)
 
 
-def refused(records, field, where) -> RecordError:
+def check_refused(records, field, where) -> RecordError:
   """Consuming `records` raises a RecordError for `field` whose record names `where`."""
   with pytest.raises(RecordError) as e:
     list(records)
@@ -99,17 +99,17 @@ def test_nyuv2_refusals(tmp_path):
   images, depths = nyu_frames()
   mat = tmp_path / "bad.mat"
   write_nyu(mat, images, depths[:, :, : W // 2])
-  refused(nyuv2.records(mat), "depths", mat)
+  check_refused(nyuv2.records(mat), "depths", mat)
   for value in (np.nan, -1.0):
     bad = depths.copy()
     bad[1, 4, 4] = value
     write_nyu(mat, images, bad)
-    refused(nyuv2.records(mat), "depth", f"{mat}[1]")
+    check_refused(nyuv2.records(mat), "depth", f"{mat}[1]")
   write_nyu(mat, images, depths)
-  refused(nyuv2.records(mat, indices=[0, 3]), "indices", mat)
-  refused(nyuv2.records(mat, depth_key="rawDepths"), "rawDepths", mat)
+  check_refused(nyuv2.records(mat, indices=[0, 3]), "indices", mat)
+  check_refused(nyuv2.records(mat, depth_key="rawDepths"), "rawDepths", mat)
   mat.write_bytes(b"not a MATLAB file")
-  refused(nyuv2.records(mat), "file", mat)
+  check_refused(nyuv2.records(mat), "file", mat)
 
 
 # --- KITTI ------------------------------------------------------------------------------------
@@ -168,14 +168,14 @@ def test_kitti_calibration_size_is_kept(tmp_path):
 
 def test_kitti_refusals(tmp_path):
   split_file, raw, gt_root = kitti_tree(tmp_path)
-  refused(kitti.records(split_file, raw, gt_root=gt_root, strict=True), "depth", f"{split_file}:4")
+  check_refused(kitti.records(split_file, raw, gt_root=gt_root, strict=True), "depth", f"{split_file}:4")
   (raw / DATE / "calib_cam_to_cam.txt").unlink()
-  refused(kitti.records(split_file, raw, gt_root=gt_root), "intrinsics", f"{split_file}:1")
+  check_refused(kitti.records(split_file, raw, gt_root=gt_root), "intrinsics", f"{split_file}:1")
   split_file, raw, gt_root = kitti_tree(tmp_path / "small", gt_size=(KW // 2, KH))
-  error = refused(kitti.records(split_file, raw, gt_root=gt_root), "depth", f"{split_file}:1")
+  error = check_refused(kitti.records(split_file, raw, gt_root=gt_root), "depth", f"{split_file}:1")
   assert "16x24 but the image is 32x24" in str(error)
   split_file.write_text(f"{DATE}/{DRIVE}/image_02/0000000069.png\n")
-  refused(kitti.records(split_file, raw, gt_root=gt_root), "image", f"{split_file}:1")
+  check_refused(kitti.records(split_file, raw, gt_root=gt_root), "image", f"{split_file}:1")
 
 
 # --- DIODE ------------------------------------------------------------------------------------
@@ -222,21 +222,21 @@ def test_diode(tmp_path):
 
 def test_diode_refusals(tmp_path):
   base = diode_sample(tmp_path / "a", depth=np.ones((KH, KW // 2, 1), np.float32))
-  refused(diode.records(tmp_path / "a"), "depth", base.with_suffix(".png"))
+  check_refused(diode.records(tmp_path / "a"), "depth", base.with_suffix(".png"))
   for value in (np.nan, -2.0):
     depth = np.ones((KH, KW, 1), np.float32)
     depth[2, 2] = value
     base = diode_sample(tmp_path / "b", depth=depth)
-    refused(diode.records(tmp_path / "b"), "depth", base.with_suffix(".png"))
+    check_refused(diode.records(tmp_path / "b"), "depth", base.with_suffix(".png"))
   base = diode_sample(tmp_path / "c", mask=np.ones((KH + 1, KW)))
-  refused(diode.records(tmp_path / "c"), "valid", base)
+  check_refused(diode.records(tmp_path / "c"), "valid", base)
   base.with_name(base.name + "_depth_mask.npy").unlink()
-  refused(diode.records(tmp_path / "c"), "valid", base)
+  check_refused(diode.records(tmp_path / "c"), "valid", base)
   flat = tmp_path / "d"
   flat.mkdir()
   np.save(flat / "x_depth.npy", np.ones((KH, KW, 1), np.float32))
-  refused(diode.records(flat), "domain", flat / "x.png")
-  refused(diode.records(tmp_path / "nothing_here_yet"), "depth", tmp_path / "nothing_here_yet")
+  check_refused(diode.records(flat), "domain", flat / "x.png")
+  check_refused(diode.records(tmp_path / "nothing_here_yet"), "depth", tmp_path / "nothing_here_yet")
 
 
 # --- ETH3D ------------------------------------------------------------------------------------
@@ -329,7 +329,7 @@ def test_eth3d_identity_and_layouts(tmp_path):
   # Depth extracted apart from the images: root holds <scene>/ground_truth_depth.
   (tmp_path / "depth").mkdir()
   (scene_b / "ground_truth_depth").rename(tmp_path / "depth" / "ground_truth_depth")
-  refused(eth3d.records(scene_b), "depth", scene_b / "images" / "dslr_images_undistorted" / NAMES[0])
+  check_refused(eth3d.records(scene_b), "depth", scene_b / "images" / "dslr_images_undistorted" / NAMES[0])
   (tmp_path / "depth" / "terrace").mkdir()
   (tmp_path / "depth" / "ground_truth_depth").rename(tmp_path / "depth" / "terrace" / "ground_truth_depth")
   assert len(list(eth3d.records(scene_b, root=tmp_path / "depth"))) == 2
@@ -342,19 +342,19 @@ def test_eth3d_refusals(tmp_path):
   image = scene / "images" / "dslr_images_undistorted" / NAMES[0]
   depth = scene / "ground_truth_depth" / "dslr_images" / NAMES[0]
   np.zeros(10, "<f4").tofile(depth)
-  assert "not the 40x30 float32 map" in str(refused(eth3d.records(scene), "depth", image))
+  assert "not the 40x30 float32 map" in str(check_refused(eth3d.records(scene), "depth", image))
   for value in (np.nan, -1.0):
     d = raw_depth(*DISTORTED[:2])
     d[3, 3] = value
     d.astype("<f4").tofile(depth)
-    refused(eth3d.records(scene), "depth", image)
+    check_refused(eth3d.records(scene), "depth", image)
   depth.unlink()
-  refused(eth3d.records(scene), "depth", image)
+  check_refused(eth3d.records(scene), "depth", image)
   (scene / "dslr_calibration_undistorted" / "cameras.txt").unlink()
-  refused(eth3d.records(scene), "intrinsics", scene / "dslr_calibration_undistorted" / "cameras.txt")
+  check_refused(eth3d.records(scene), "intrinsics", scene / "dslr_calibration_undistorted" / "cameras.txt")
   scene = eth3d_scene(tmp_path / "b")
   (scene / "dslr_calibration_undistorted" / "cameras.txt").write_text("0 PINHOLE 44 32 30.0 30.1 22.2\n")
-  refused(eth3d.records(scene), "intrinsics", scene / "dslr_calibration_undistorted" / "cameras.txt:1")
+  check_refused(eth3d.records(scene), "intrinsics", scene / "dslr_calibration_undistorted" / "cameras.txt:1")
   (scene / "dslr_calibration_undistorted" / "cameras.txt").write_text("0 THIN_PRISM_FISHEYE 40 30 " +
                                                                       " ".join(map(str, DISTORTED[2])) + "\n")
-  refused(eth3d.records(scene), "intrinsics", scene / "images" / "dslr_images_undistorted" / NAMES[0])
+  check_refused(eth3d.records(scene), "intrinsics", scene / "images" / "dslr_images_undistorted" / NAMES[0])
