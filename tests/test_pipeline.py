@@ -140,3 +140,14 @@ def test_synthetic_source_renders_in_the_pipeline():
   assert batch["image"].shape == (2, 192, 256, 3) and pipeline.skipped_in(batch) == 0
   assert batch["depth_valid"].mean() > 0.3 and batch["depth"][batch["depth_valid"]].max() > 20.0
   np.testing.assert_allclose(batch["intrinsics"][:, 0], 300.0, rtol=5e-3)
+
+
+def test_to_global_splits_the_batch_over_the_mesh():
+  import jax
+  from depthvlm_jax import sharding
+  mesh = sharding.make_mesh((2, -1, 1))
+  local = {"image": np.arange(8 * 3, dtype=np.uint8).reshape(8, 3), "weight": np.ones(8, np.float32)}
+  batch = pipeline.to_global(local, mesh)
+  assert batch["image"].shape == (8, 3) and len(batch["image"].sharding.device_set) == jax.device_count()
+  assert batch["image"].addressable_shards[0].data.shape == (8 // jax.device_count(), 3)
+  np.testing.assert_array_equal(np.asarray(batch["image"]), local["image"])
