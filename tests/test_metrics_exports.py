@@ -49,3 +49,9 @@ def test_point_cloud_back_projects_and_ply_round_trips(tmp_path):
 def test_colorize_marks_invalid_black():
   rgb = exports.colorize(np.array([[1.0, 2.0], [0.0, 3.0]], np.float32))
   assert rgb.shape == (2, 2, 3) and (rgb[1, 0] == 0).all() and not (rgb[0, 0] == rgb[1, 1]).all()
+
+
+def test_text_answers_score_parse_failures_as_zero():
+  scores = metrics.text_answers([2.0, None, 3.0, 1.0], np.array([2.1, 1.0, 2.0, 1.0]))
+  assert scores["delta1"] == pytest.approx(0.5)  # 2.0~2.1 and 1.0 correct; 3.0 vs 2.0 and the failure not
+  assert scores["parsed"] == pytest.approx(0.75) and scores["count"] == 4

@@ -32,11 +32,11 @@ def main(argv):
   if (FLAGS.src is None) == (FLAGS.preset is None):
     raise app.UsageError("give exactly one of --src (convert a checkpoint) or --preset (random init)")
   start = time.time()
+  overrides = {"depth_head": None} if FLAGS.drop_depth_head else {}
   if FLAGS.src:
-    overrides = {"depth_head": None} if FLAGS.drop_depth_head else {}
     model, params = dvlm.load_pretrained(FLAGS.src, **overrides)
   else:
-    cfg = dvlm.get_config(FLAGS.preset, **({"depth_head": None} if FLAGS.drop_depth_head else {}))
+    cfg = dvlm.get_config(FLAGS.preset, **overrides)
     model, params = dvlm.DepthVLM(cfg), dvlm.init_params(cfg, seed=FLAGS.seed)
   count = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
   logging.info("read %s parameters (%s) in %.1f s", f"{count:,}", FLAGS.src or f"preset {FLAGS.preset}",

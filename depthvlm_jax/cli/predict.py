@@ -82,12 +82,7 @@ def main(argv):
     cat = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     result["dense"], result["sparse"] = metrics.average(cat(dense)), metrics.average(cat(sparse))
   else:
-    pred = np.array([p if p is not None else 0.0 for p, _ in answers])
-    gt = np.array([g for _, g in answers])
-    ok = np.array([p is not None for p, _ in answers])
-    ratio = np.maximum(np.maximum(pred, 1e-6) / gt, gt / np.maximum(pred, 1e-6))
-    result["answers"] = {"delta1": float(np.mean(ok & (ratio < 1.25))), "parsed": float(np.mean(ok)),
-                         "count": len(answers)}
+    result["answers"] = metrics.text_answers([p for p, _ in answers], np.array([g for _, g in answers]))
   with open(os.path.join(FLAGS.out, "metrics.json"), "w") as f:
     json.dump(result, f, indent=2)
   print(json.dumps(result, indent=2))

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from depthvlm_jax.data import shards, text, transforms
+from depthvlm_jax.data import shards, synthetic, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
 
 MODES = ("depthvlm", "depthlm")
@@ -97,7 +97,6 @@ class _RenderSynthetic(grain.transforms.Map):
     self.kind, self.seed = kind, seed
 
   def map(self, index: int) -> bytes:
-    from depthvlm_jax.data import synthetic
     cfg = synthetic.SceneConfig(kind=self.kind)
     return synthetic.make_record(self.seed + int(index), cfg, split="train").to_bytes()
 

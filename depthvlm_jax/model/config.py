@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
+from depthvlm_jax.model.layers import ATTENTION_IMPLS, REMAT_POLICIES
+
 
 @dataclasses.dataclass(frozen=True)
 class VisionConfig:
@@ -103,10 +105,10 @@ def _validate(cfg: ModelConfig) -> ModelConfig:
     raise ValueError("more DeepStack layers than decoder layers")
   if cfg.depth_head is not None and cfg.depth_head.kind == "dpt" and len(v.deepstack_visual_indexes) != 3:
     raise ValueError("the DPT depth head needs exactly 3 DeepStack features (+ the last LLM state)")
-  if cfg.remat_policy not in ("none", "full", "dots", "dots_no_batch"):
-    raise ValueError(f"unknown remat_policy={cfg.remat_policy!r}; use none, full, dots or dots_no_batch")
-  if cfg.attention_impl not in ("xla", "jax", "cudnn"):
-    raise ValueError(f"unknown attention_impl={cfg.attention_impl!r}; use xla, jax or cudnn")
+  if cfg.remat_policy not in REMAT_POLICIES:
+    raise ValueError(f"unknown remat_policy={cfg.remat_policy!r}; use one of {sorted(REMAT_POLICIES)}")
+  if cfg.attention_impl not in ATTENTION_IMPLS:
+    raise ValueError(f"unknown attention_impl={cfg.attention_impl!r}; use one of {ATTENTION_IMPLS}")
   return cfg
 
 
