@@ -145,26 +145,27 @@ class ExampleFn(grain.transforms.RandomMap):
       rgb = transforms.draw_arrow(rgb, x, y)
       ids, mask = text.chat_tokens(self.tok, n_img, text.DEPTHLM_QUESTION, text.depthlm_answer(z))
       query = np.array([x, y, z], np.float32)
-    toks = text.pad_batch([(ids, mask)], self.seq_len, self.tok.pad_id)
     points, points_valid = _fixed_points(ex.points, cfg.max_points)
     lo, hi = rec.depth_range
     in_range = points_valid & (points[:, 2] > lo) & (points[:, 2] <= hi)
-    return dict(image=rgb, depth=depth, depth_valid=depth_valid, pixel_mask=ex.pixel_mask,
-                intrinsics=np.asarray(ex.intrinsics, np.float32), points=points, points_valid=in_range,
-                query=query, input_ids=toks.input_ids[0], attention_mask=toks.attention_mask[0],
-                labels=toks.labels[0], weight=np.float32(1.0))
+    return self._pack(rgb, depth, depth_valid, ex.pixel_mask, np.asarray(ex.intrinsics, np.float32), points,
+                      in_range, query, ids, mask, weight=1.0)
 
   def _empty(self) -> dict[str, np.ndarray]:
+    """The stand-in for a skipped record: same shapes, nothing valid, no loss, weight 0."""
     h, w = self.cfg.image_hw
     ids, mask = text.chat_tokens(self.tok, num_image_tokens(self.cfg.image_hw), "", None)
-    toks = text.pad_batch([(ids, np.zeros_like(mask))], self.seq_len, self.tok.pad_id)
-    k = self.cfg.max_points
-    return dict(image=np.zeros((h, w, 3), np.uint8), depth=np.zeros((h, w), np.float32),
-                depth_valid=np.zeros((h, w), bool), pixel_mask=np.zeros((h, w), bool),
-                intrinsics=np.ones(4, np.float32), points=np.zeros((k, 3), np.float32),
-                points_valid=np.zeros(k, bool), query=np.zeros(3, np.float32),
-                input_ids=toks.input_ids[0], attention_mask=toks.attention_mask[0], labels=toks.labels[0],
-                weight=np.float32(0.0))
+    points, points_valid = _fixed_points(None, self.cfg.max_points)
+    return self._pack(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.float32), np.zeros((h, w), bool),
+                      np.zeros((h, w), bool), np.ones(4, np.float32), points, points_valid,
+                      np.zeros(3, np.float32), ids, np.zeros_like(mask), weight=0.0)
+
+  def _pack(self, image, depth, depth_valid, pixel_mask, intrinsics, points, points_valid, query, ids, loss_mask,
+            weight) -> dict[str, np.ndarray]:
+    toks = text.pad_batch([(ids, loss_mask)], self.seq_len, self.tok.pad_id)
+    return dict(image=image, depth=depth, depth_valid=depth_valid, pixel_mask=pixel_mask, intrinsics=intrinsics,
+                points=points, points_valid=points_valid, query=query, input_ids=toks.input_ids[0],
+                attention_mask=toks.attention_mask[0], labels=toks.labels[0], weight=np.float32(weight))
 
 
 def _fixed_points(points: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
