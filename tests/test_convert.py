@@ -7,11 +7,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from hf_utils import hf_inputs, hf_model, make_batch, state_dict_numpy, tiny, torch, transformers
 from torch_dpt import TorchDPT, randomize
 import depthvlm_jax as dvlm
 from depthvlm_jax.convert import hf_config, safetensors_io
+from depthvlm_jax.convert.safetensors_io import CheckpointError
 
 
 def read_raw(path):
@@ -120,29 +122,64 @@ def test_transformers_loads_exported_depthvlm_directory(depthvlm_checkpoint, tmp
   np.testing.assert_array_equal(logits(reloaded, cfg, ids, mask, pixels), logits(hf, cfg, ids, mask, pixels))
 
 
-def test_load_errors_name_the_problem(depthvlm_checkpoint, tmp_path):
+def _broken_copy(path, dst, tensors=None, config=None):
+  """A copy of checkpoint `path` at `dst` with replaced tensors and/or config.json text."""
+  dst.mkdir(exist_ok=True)
+  for f in dst.iterdir():
+    f.unlink()
+  (dst / "config.json").write_text(config if config is not None else open(os.path.join(path, "config.json")).read())
+  save_file(tensors or dict(safetensors_io.read_tensors(path)), str(dst / safetensors_io.SINGLE))  # unchecked
+  return str(dst)
+
+
+def test_load_errors_name_the_file_and_the_problem(depthvlm_checkpoint, tmp_path):
   _, _, _, path = depthvlm_checkpoint
   with pytest.raises(FileNotFoundError, match="config.json"):
     dvlm.load_pretrained(str(tmp_path))
-  model, params = dvlm.load_pretrained(path)
-  tensors = dict(safetensors_io.read_tensors(path))
   broken = tmp_path / "broken"
-  broken.mkdir()
-  (broken / "config.json").write_text(open(os.path.join(path, "config.json")).read())
+  fresh = lambda: dict(safetensors_io.read_tensors(path))
+
+  def refused(match, **kw):
+    with pytest.raises(CheckpointError, match=match):
+      dvlm.load_pretrained(_broken_copy(path, broken, **kw))
+
+  tensors = fresh()
   del tensors["model.language_model.layers.2.mlp.up_proj.weight"]
-  safetensors_io.write_tensors(str(broken), tensors.items())
-  with pytest.raises(KeyError, match=r"layers \[2\] are missing"):
-    dvlm.load_pretrained(str(broken))
-  tensors = dict(safetensors_io.read_tensors(path))
+  refused(r"broken: .*layers \[2\] are missing", tensors=tensors)
+  tensors = fresh()
   tensors["model.visual.pos_embed.weight"] = tensors["model.visual.pos_embed.weight"][:10]
-  safetensors_io.write_tensors(str(broken), tensors.items())
-  with pytest.raises(ValueError, match="visual/pos_embed"):
-    dvlm.load_pretrained(str(broken))
-  tensors = dict(safetensors_io.read_tensors(path))
+  refused("broken: .*visual/pos_embed", tensors=tensors)
+  tensors = fresh()
   tensors["model.visual.unknown.weight"] = np.zeros(3, np.float32)
-  safetensors_io.write_tensors(str(broken), tensors.items())
-  with pytest.raises(KeyError, match="model.visual.unknown.weight"):
+  refused("broken: .*model.visual.unknown.weight", tensors=tensors)
+  tensors = fresh()  # one layer of a stack with another shape: named, not a bare np.stack error
+  tensors["model.language_model.layers.1.mlp.down_proj.weight"] = tensors[
+      "model.language_model.layers.1.mlp.down_proj.weight"][:, :-1]
+  refused(r"model.language_model.layers.1.mlp.down_proj.weight has shape \[\d+, \d+\] where the other", tensors=tensors)
+  tensors = fresh()
+  tensors["model.language_model.layers.0.self_attn.q_proj.weight"][3, 1] = np.nan
+  refused(r"model.safetensors: tensor 'model.language_model.layers.0.self_attn.q_proj.weight' has 1 NaN/inf",
+          tensors=tensors)
+  refused(r"broken/config.json: not valid JSON", config='{"text_config": {')
+  refused(r"broken/config.json: not a Qwen3-VL config \(model_type 'llama'",
+          config=json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2}))
+  text = json.load(open(os.path.join(path, "config.json")))
+  del text["text_config"]["hidden_size"]
+  refused(r"broken/config.json: not a usable Qwen3-VL config: missing field 'hidden_size'", config=json.dumps(text))
+  _broken_copy(path, broken)
+  weights = broken / safetensors_io.SINGLE
+  weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+  with pytest.raises(CheckpointError, match=r"broken/model.safetensors: .*(truncated or corrupt)"):
     dvlm.load_pretrained(str(broken))
+
+
+def test_nan_weights_are_not_exported(depthvlm_checkpoint, tmp_path):
+  _, _, _, path = depthvlm_checkpoint
+  model, params = dvlm.load_pretrained(path)
+  params["depth_head"]["norm"]["scale"] = params["depth_head"]["norm"]["scale"].at[0].set(jnp.inf)
+  with pytest.raises(CheckpointError, match="depth_head.norm.weight' has 1 NaN/inf"):
+    dvlm.save_pretrained(str(tmp_path / "out"), model, params)
+  assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())  # no partial output left
 
 
 def test_mlp_head_checkpoint_round_trips(tmp_path):

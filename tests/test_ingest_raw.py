@@ -119,12 +119,12 @@ P_RECT_02 = (721.5377, 721.5377, 609.5593, 172.854)
 KW, KH = 32, 24
 
 
-def kitti_tree(tmp_path, gt=(("train", 69), ("val", 70)), calibrated=(1242, 375), gt_size=(KW, KH)):
+def kitti_tree(tmp_path, gt=(("train", 69), ("val", 70)), calibrated=(1242, 375), gt_size=(KW, KH), p_rect=P_RECT_02):
   """Raw data for frames 69-71 of one drive, ground truth for `gt` ((benchmark split, frame), ...),
   and an Eigen-style split file listing the three frames."""
   raw, gt_root = tmp_path / "raw", tmp_path / "data_depth_annotated"
   (raw / DATE).mkdir(parents=True)
-  fx, fy, cx, cy = P_RECT_02
+  fx, fy, cx, cy = p_rect
   (raw / DATE / "calib_cam_to_cam.txt").write_text(
       "calib_time: 09-Jan-2012 13:57:47\n"
       f"S_rect_02: {calibrated[0]:e} {calibrated[1]:e}\n"
@@ -161,9 +161,10 @@ def test_kitti(tmp_path, caplog):
 
 
 def test_kitti_calibration_size_is_kept(tmp_path):
-  split_file, raw, gt_root = kitti_tree(tmp_path, calibrated=(KW, KH))
+  p_rect = (24.5, 24.5, 15.25, 11.75)  # a camera for the 32x24 test images (principal point inside)
+  split_file, raw, gt_root = kitti_tree(tmp_path, calibrated=(KW, KH), p_rect=p_rect)
   rec = next(kitti.records(split_file, raw, gt_root=gt_root / "train"))  # gt_root may be a split folder
-  assert rec.intrinsics == P_RECT_02
+  assert rec.intrinsics == p_rect
 
 
 def test_kitti_refusals(tmp_path):

@@ -9,19 +9,22 @@
   depthvlm-data show --input='data/synth/*.array_record'
 
 Sources: see depthvlm_jax.data.ingest.run.CONVERTERS. A bad record stops the ingest with a
-message naming the file, the record and the field; nothing is left half-written.
+message naming the file, the record and the field; nothing is left half-written. Shards of an
+earlier run of the same dataset and prefix are replaced; another dataset's are kept unless
+--overwrite. `show` decodes and validates every record and fails if any is bad.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import time
 
 from absl import app, flags
 
+from depthvlm_jax.cli import runner
 from depthvlm_jax.data import shards
 from depthvlm_jax.data.ingest import run as ingest_run
+from depthvlm_jax.data.records import RecordError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("source", None, "ingest: converter name (depthvlm_bench, depthlm, nyuv2, kitti, diode, eth3d).")
@@ -40,6 +43,7 @@ flags.DEFINE_string("split", "test", "Split name stored in the records.")
 flags.DEFINE_integer("num", 1000, "synth: number of scenes.")
 flags.DEFINE_enum("kind", "mixed", ["indoor", "outdoor", "mixed"], "synth: scene kind.")
 flags.DEFINE_integer("seed", 0, "synth: seed of the first scene (scene i uses seed + i).")
+flags.DEFINE_bool("overwrite", False, "ingest/synth: replace shards of the same prefix that hold another dataset.")
 
 
 class _Progress:
@@ -70,7 +74,8 @@ def _ingest():
   if FLAGS.source != "depthlm":
     params.pop("depth_type", None)
   paths, count = ingest_run.ingest(FLAGS.source, FLAGS.input, FLAGS.out, prefix=FLAGS.prefix,
-                                   num_shards=FLAGS.num_shards, split=FLAGS.split, **params)
+                                   num_shards=FLAGS.num_shards, split=FLAGS.split, overwrite=FLAGS.overwrite,
+                                   **params)
   return paths, count
 
 
@@ -79,20 +84,31 @@ def _synth():
   cfg = synthetic.SceneConfig(kind=FLAGS.kind)
   records = _Progress(synthetic.generate(FLAGS.num, cfg, seed0=FLAGS.seed, split=FLAGS.split), FLAGS.num)
   paths = shards.write_shards(records, FLAGS.out, FLAGS.prefix or f"synthetic_{FLAGS.kind}",
-                              num_shards=FLAGS.num_shards)
+                              num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite)
   return paths, FLAGS.num
 
 
 def _show():
-  counts = collections.Counter()
-  for rec in shards.iter_records(FLAGS.input):
+  counts, bad, first = collections.Counter(), [], None
+  for raw in shards.iter_raw(FLAGS.input):
+    try:
+      rec = raw.decode()
+      rec.decode_image()
+    except RecordError as e:
+      bad.append(str(e))
+      continue
     counts[(rec.dataset, rec.domain, rec.depth_source_type, rec.split)] += 1
+    first = first or rec
   for (dataset, domain, dtype, split), n in sorted(counts.items()):
     print(f"{dataset:20s} {domain:8s} depth:{dtype:3s} split:{split:6s} {n} records")
-  first = next(itertools.islice(shards.iter_records(FLAGS.input), 1), None)
   if first is not None:
     print(f"first: {first.key} image {first.image_size} fx {first.intrinsics[0]:.1f} "
           f"dense={'yes' if first.depth is not None else 'no'} points={0 if first.points is None else len(first.points)}")
+  for message in bad[:10]:
+    print(f"bad: {message}")
+  if bad:
+    raise RecordError(FLAGS.input, "records", f"{len(bad)} of {len(bad) + sum(counts.values())} records are bad "
+                      f"(first: {bad[0]})")
 
 
 def main(argv):
@@ -111,7 +127,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  runner.run(main)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import re
 from typing import Callable, Iterator, Mapping
@@ -177,7 +178,7 @@ def unflatten(flat: Mapping[str, np.ndarray]) -> dict:
 def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
   """HF state dict (numpy) -> nested project params. Unknown keys raise, naming them."""
   flat: dict[str, np.ndarray] = {}
-  stacked: dict[str, dict[int, np.ndarray]] = {}
+  stacked: dict[str, dict[int, tuple[str, tuple, np.ndarray]]] = {}  # layer -> (HF key, HF shape, x)
   unknown = []
   for key, value in tensors.items():
     row, groups = _match(_HF_RE, key)
@@ -195,14 +196,19 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], cfg: ModelConfig) -> dict:
       groups["s"], j = _vision_slot(cfg, i)
     else:
       j = i
-    stacked.setdefault(row.params.format(**groups), {})[j] = x
+    stacked.setdefault(row.params.format(**groups), {})[j] = (key, np.shape(value), x)
   if unknown:
     raise KeyError(f"{len(unknown)} checkpoint tensors have no mapping, e.g. {unknown[:5]}")
   for path, layers in stacked.items():
     missing = sorted(set(range(max(layers) + 1)) - set(layers))
     if missing:
       raise KeyError(f"{path}: layers {missing} are missing from the checkpoint")
-    flat[path] = np.stack([layers[j] for j in range(len(layers))])
+    shapes = collections.Counter(hf_shape for _, hf_shape, _ in layers.values())
+    if len(shapes) > 1:
+      common = shapes.most_common(1)[0][0]
+      key, hf_shape, _ = next(layers[j] for j in sorted(layers) if layers[j][1] != common)
+      raise ValueError(f"tensor {key} has shape {list(hf_shape)} where the other layers' have {list(common)}")
+    flat[path] = np.stack([layers[j][2] for j in range(len(layers))])
   return unflatten(flat)
 
 

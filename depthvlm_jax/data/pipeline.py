@@ -96,28 +96,29 @@ class _RenderSynthetic(grain.transforms.Map):
   def __init__(self, kind: str, seed: int):
     self.kind, self.seed = kind, seed
 
-  def map(self, index: int) -> bytes:
+  def map(self, index: int) -> shards.RawRecord:
     cfg = synthetic.SceneConfig(kind=self.kind)
-    return synthetic.make_record(self.seed + int(index), cfg, split="train").to_bytes()
+    seed = self.seed + int(index)
+    return shards.RawRecord(f"synthetic scene {seed}", synthetic.make_record(seed, cfg, split="train").to_bytes())
 
 
 def _source_dataset(src: Source) -> grain.MapDataset:
   if src.synthetic:
     return grain.MapDataset.range(src.synthetic).map(_RenderSynthetic(src.synthetic_kind, src.synthetic_seed))
-  return grain.MapDataset.source(shards.read_source(src.paths))
+  return grain.MapDataset.source(shards.ShardSource(src.paths))
 
 
 class ExampleFn(grain.transforms.RandomMap):
-  """Serialised record -> one example dict of fixed shapes (see `example_spec`)."""
+  """A shards.RawRecord -> one example dict of fixed shapes."""
 
   def __init__(self, cfg: PipelineConfig):
     self.cfg = cfg
     self.tok = text.load_tokenizer(cfg.tokenizer_path)
     self.seq_len = sequence_length(cfg, self.tok)
 
-  def random_map(self, data: bytes, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  def random_map(self, raw: shards.RawRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
     try:
-      return self._example(DepthRecord.from_bytes(data), rng)
+      return self._example(raw.decode(), rng)
     except (RecordError, ValueError) as e:
       if self.cfg.on_bad_record == "raise":
         raise

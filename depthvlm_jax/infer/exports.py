@@ -6,6 +6,8 @@ import numpy as np
 from matplotlib import colormaps
 from PIL import Image
 
+from depthvlm_jax import outputs
+
 
 def colorize(depth: np.ndarray, valid: np.ndarray | None = None, lo: float | None = None,
              hi: float | None = None) -> np.ndarray:
@@ -25,7 +27,8 @@ def save_depth_panel(path: str, image: np.ndarray, gt: np.ndarray, gt_valid: np.
   vals = gt[gt_valid]
   lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (float(pred.min()), float(pred.max()))
   panel = np.concatenate([image, colorize(gt, gt_valid, lo, hi), colorize(pred, None, lo, hi)], axis=1)
-  Image.fromarray(panel).save(path)
+  with outputs.atomic_file(path) as f:
+    Image.fromarray(panel).save(f, format="PNG")
 
 
 def point_cloud(depth: np.ndarray, intrinsics, image: np.ndarray | None = None,
@@ -54,6 +57,6 @@ def save_ply(path: str, points: np.ndarray, colors: np.ndarray | None = None) ->
   if colors is not None:
     data["r"], data["g"], data["b"] = colors[:, 0], colors[:, 1], colors[:, 2]
   header = f"ply\nformat binary_little_endian 1.0\nelement vertex {n}\n{props}end_header\n"
-  with open(path, "wb") as f:
+  with outputs.atomic_file(path) as f:
     f.write(header.encode("ascii"))
     f.write(data.tobytes())

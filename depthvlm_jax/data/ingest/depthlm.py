@@ -14,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 
 from depthvlm_jax.data.ingest import (dataset_info, find_file, jsonl_rows, load_image, located, naming,
-                                      numbers, require, sparse_points)
+                                      numbers, sparse_points, string)
 from depthvlm_jax.data.records import DEPTH_TYPES, DepthRecord, RecordError, ray_to_z
 
 
@@ -35,7 +35,9 @@ def records(jsonl_path, root=None, *, depth_type: str, dataset: Optional[str] = 
 
 def _record(row, loc, root, depth_type, dataset, domain, depth_range, split) -> DepthRecord:
   name, domain, depth_range = dataset_info(row, loc, dataset, domain, depth_range)
-  image_rel = str(require(row, "image", loc))
+  image_rel = string(row, "image", loc)
+  key, scene, frame = naming(name, image_rel, str(row.get("scene_id") or ""))
+  loc = f"{loc} [{key}]"  # from here on, errors name the record too
   image, size = load_image(find_file(root, image_rel, loc, "image"), loc)
   intr = numbers(row, "intrinsics", loc)
   if intr.shape not in ((4,), (6,)):
@@ -50,7 +52,6 @@ def _record(row, loc, root, depth_type, dataset, domain, depth_range, split) -> 
   points = sparse_points(row, loc, size)
   if depth_type == "ray":
     points[:, 2] = ray_to_z(points[:, 2], points[:, 0], points[:, 1], intrinsics)
-  key, scene, frame = naming(name, image_rel, str(row.get("scene_id") or ""))
   return DepthRecord(
       key=key, image=image, image_size=size, intrinsics=intrinsics, depth_size=size, dataset=name,
       domain=domain, depth_range=depth_range, points=points.astype(np.float32),

@@ -13,8 +13,8 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from depthvlm_jax.data.ingest import (dataset_info, depth_png, find_file, jsonl_rows, load_image, located, naming,
-                                      numbers, require, sparse_points)
+from depthvlm_jax.data.ingest import (dataset_info, depth_png, find_file, integers, jsonl_rows, load_image, located,
+                                      naming, numbers, sparse_points, string)
 from depthvlm_jax.data.records import DepthRecord, RecordError
 
 
@@ -36,19 +36,21 @@ def _record(row, loc, root, depth_root, dataset, domain, depth_range, split) -> 
   name, domain, depth_range = dataset_info(row, loc, dataset, domain, depth_range)
   if row.get("depth_type", "z_depth") != "z_depth":
     raise RecordError(loc, "depth_type", f"only 'z_depth' is supported, got {row['depth_type']!r}")
-  image_rel = str(require(row, "image", loc))
+  image_rel = string(row, "image", loc)
+  key, scene, frame = naming(name, image_rel, str(row.get("scene_id") or ""))
+  loc = f"{loc} [{key}]"  # from here on, errors name the record too
   image, image_size = load_image(find_file(root, image_rel, loc, "image"), loc)
   if row.get("original_rgb_size") is not None:
-    declared = tuple(int(x) for x in numbers(row, "original_rgb_size", loc, (2,)))
+    declared = integers(row, "original_rgb_size", loc, (2,))
     if declared != image_size:
       raise RecordError(loc, "original_rgb_size", f"says {declared} but the image is {image_size} (W, H); "
                         "original_fx would not match the image")
   declared_depth = None
   if row.get("original_depth_size") is not None:
-    declared_depth = tuple(int(x) for x in numbers(row, "original_depth_size", loc, (2,)))
+    declared_depth = integers(row, "original_depth_size", loc, (2,))
   depth = None
-  if row.get("depth_path"):
-    depth = _dense_depth(find_file(depth_root, str(row["depth_path"]), loc, "depth_path"), row, loc)
+  if row.get("depth_path") not in (None, ""):
+    depth = _dense_depth(find_file(depth_root, string(row, "depth_path", loc), loc, "depth_path"), row, loc)
     depth_size = (depth.shape[1], depth.shape[0])
     if declared_depth is not None and declared_depth != depth_size:
       raise RecordError(loc, "original_depth_size", f"says {declared_depth} but the depth map is {depth_size} (W, H)")
@@ -61,7 +63,6 @@ def _record(row, loc, root, depth_root, dataset, domain, depth_range, split) -> 
   points = None
   if row.get("pixel_coords") is not None:
     points = sparse_points(row, loc, depth_size).astype(np.float32)
-  key, scene, frame = naming(name, image_rel, str(row.get("scene_id") or ""))
   return DepthRecord(
       key=key, image=image, image_size=image_size, intrinsics=_intrinsics(row, loc, image_size),
       depth_size=depth_size, dataset=name, domain=domain, depth_range=depth_range, depth=depth,

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from depthvlm_jax.data.ingest import DATASETS, find_file, load_image, located, naming
+from depthvlm_jax.data.ingest import DATASETS, find_file, load_image, located, naming, text_lines
 from depthvlm_jax.data.records import DepthRecord, RecordError, intrinsics_at
 
 PARAMS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "THIN_PRISM_FISHEYE": 12}
@@ -107,8 +107,8 @@ def _lines(path: Path, keep_blank: bool = False):
   """(line number, tokens) of a COLMAP text file, comments left out."""
   if not path.is_file():
     raise RecordError(str(path), "intrinsics", "calibration file not found")
-  for n, line in enumerate(path.read_text().splitlines(), 1):
-    if not line.startswith("#") and (keep_blank or line.strip()):
+  for n, line in text_lines(path, "intrinsics", keep_blank):
+    if not line.startswith("#"):
       yield n, line.split()
 
 

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 from absl import logging
 
-from depthvlm_jax.data.ingest import depth_png, find_file, load_image, located
+from depthvlm_jax.data.ingest import depth_png, find_file, load_image, located, text_lines
 from depthvlm_jax.data.records import DepthRecord, RecordError, intrinsics_at
 
 DEPTH_RANGE = (0.001, 80.0)
@@ -36,18 +36,15 @@ def records(split_path, root=None, *, gt_root=None, strict: bool = False, depth_
   depth_range = tuple(float(x) for x in (depth_range or DEPTH_RANGE))
   calibrations: dict[Path, dict[str, np.ndarray]] = {}
   lines = skipped = 0
-  with open(split_path) as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      lines += 1
-      loc = f"{split_path}:{n}"
-      with located(loc):
-        rec = _record(line.split(), loc, root, gt_root, strict, calibrations, depth_range, split)
-      if rec is None:
-        skipped += 1
-        continue
-      yield rec
+  for n, line in text_lines(split_path, "image"):
+    lines += 1
+    loc = f"{split_path}:{n}"
+    with located(loc):
+      rec = _record(line.split(), loc, root, gt_root, strict, calibrations, depth_range, split)
+    if rec is None:
+      skipped += 1
+      continue
+    yield rec
   if skipped:
     logging.warning("%s: skipped %d of %d lines that have no ground truth under %s", split_path, skipped, lines,
                     gt_root)
@@ -94,7 +91,7 @@ def _intrinsics(path: Path, cam: str, size, loc, cache) -> tuple[float, float, f
     if not path.is_file():
       raise RecordError(loc, "intrinsics", f"calibration file not found: {path}")
     values = {}
-    for line in path.read_text().splitlines():
+    for _, line in text_lines(path, "intrinsics"):
       name, _, rest = line.partition(":")
       try:
         values[name.strip()] = np.array(rest.split(), np.float64)

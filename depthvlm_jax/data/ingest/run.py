@@ -25,10 +25,11 @@ CONVERTERS: dict[str, Callable[..., Iterator[DepthRecord]]] = {
 
 
 def ingest(source: str, jsonl, out_dir, *, prefix: Optional[str] = None, num_shards: Optional[int] = None,
-           records_per_shard: Optional[int] = None, **params) -> tuple[list[str], int]:
+           records_per_shard: Optional[int] = None, overwrite: bool = False, **params) -> tuple[list[str], int]:
   """Converts `jsonl` (the source's input file) with CONVERTERS[source](jsonl, **params) and
   writes the records as `{prefix}-*-of-*.array_record` (prefix: the file's stem) under out_dir.
-  Returns (shard paths, record count). A bad record stops the ingest with no shard written."""
+  Returns (shard paths, record count). A bad record stops the ingest with no shard written;
+  `overwrite` as in `write_shards`."""
   if source not in CONVERTERS:
     raise ValueError(f"unknown source {source!r}; known: {sorted(CONVERTERS)}")
   count = 0
@@ -40,5 +41,5 @@ def ingest(source: str, jsonl, out_dir, *, prefix: Optional[str] = None, num_sha
       yield rec
 
   paths = write_shards(counted(CONVERTERS[source](jsonl, **params)), out_dir, prefix or Path(jsonl).stem,
-                       num_shards=num_shards, records_per_shard=records_per_shard)
+                       num_shards=num_shards, records_per_shard=records_per_shard, overwrite=overwrite)
   return paths, count
