@@ -93,7 +93,10 @@ def _show():
   for raw in shards.iter_raw(FLAGS.input):
     try:
       rec = raw.decode()
-      rec.decode_image()
+      try:
+        rec.decode_image()
+      except RecordError as e:
+        raise RecordError(f"{raw.where} [{rec.key}]", e.field, e.problem) from e
     except RecordError as e:
       bad.append(str(e))
       continue

@@ -129,7 +129,8 @@ def main(argv):
     logging.warning("skipped %d of %d records that could not be used (see the warnings above)", skipped, len(keep))
   if not scored:
     raise RecordError(FLAGS.data or "synthetic scenes", "records",
-                      f"nothing could be scored: {skipped} record(s) read, all skipped (see the warnings above)")
+                      f"nothing could be scored: {skipped} record(s) read, all skipped (see the warnings above)"
+                      if skipped else "nothing could be scored: the data holds no record")
 
 
 def run():

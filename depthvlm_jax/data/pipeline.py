@@ -191,7 +191,7 @@ def build(cfg: PipelineConfig, process_index: Optional[int] = None, process_coun
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [s.weight for s in cfg.sources])
   ds = ds[pi::pc]
   ds = ds.random_map(ExampleFn(cfg), seed=cfg.seed)
-  ds = ds.batch(cfg.batch_size // pc, drop_remainder=True)
+  ds = ds.batch(cfg.batch_size // pc, drop_remainder=cfg.train)  # evaluation scores every record
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches))
   if cfg.worker_count:
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=cfg.worker_count))
