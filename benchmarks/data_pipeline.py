@@ -16,6 +16,7 @@ import time
 
 from absl import app, flags
 
+from depthvlm_jax import tasks
 from depthvlm_jax.data import pipeline
 from depthvlm_jax.data.ingest.run import ingest
 
@@ -52,10 +53,10 @@ def main(argv):
     cases["fixtures_fx1000_768x1024"] = (fixture_sources(tmp), (768, 1024))
   results = {}
   for name, (sources, hw) in cases.items():
-    for mode in pipeline.MODES:
+    for mode in tasks.TASKS:
       row = {}
       for workers in (0, 2):
-        cfg = pipeline.PipelineConfig(mode=mode, sources=sources, image_hw=hw, batch_size=FLAGS.batch_size,
+        cfg = pipeline.PipelineConfig(task=tasks.get(mode), sources=sources, image_hw=hw, batch_size=FLAGS.batch_size,
                                       worker_count=workers, read_threads=1)
         row[f"samples_per_s_{workers or 1}_worker{'s' if workers else ''}"] = rate(cfg)
       row["samples_per_s_per_worker"] = row["samples_per_s_1_worker"]

@@ -1,6 +1,7 @@
 """depthvlm_jax: vision-language models that read metric depth (DepthVLM, DepthLM) in JAX."""
 
-from depthvlm_jax.convert.pretrained import abstract_params, init_params, load_pretrained, save_pretrained
+from depthvlm_jax.convert.pretrained import abstract_params, init_params, save_pretrained
+from depthvlm_jax.loading import load_pretrained
 from depthvlm_jax.infer.generate import GenerateOutput, generate
 from depthvlm_jax.model.config import DepthHeadConfig, ModelConfig, TextConfig, VisionConfig, get_config
 from depthvlm_jax.model.text import KVCache

@@ -13,10 +13,12 @@ from depthvlm_jax.model.config import get_config  # noqa: E402
 from depthvlm_jax.model.vision import patchify  # noqa: E402
 
 
-def hf_model(cfg, seed: int = 0):
+def hf_model(cfg, seed: int = 0, o1: bool = False):
   """A random HF Qwen3VLForConditionalGeneration for `cfg` (eager attention, float32, eval).
 
-  Norm weights are perturbed away from 1 so that a misplaced scale cannot hide.
+  Norm weights are perturbed away from 1 so that a misplaced scale cannot hide. With `o1`,
+  every parameter is redrawn at O(1) scale (`o1_weights`), so that nonlinearities, attention
+  patterns and normalisation placement all move the outputs by O(1).
   """
   torch.manual_seed(seed)
   hf_cfg = transformers.Qwen3VLConfig(**hf_config.to_hf(cfg))
@@ -25,12 +27,33 @@ def hf_model(cfg, seed: int = 0):
   hf_cfg.vision_config._attn_implementation = "eager"
   model = transformers.Qwen3VLForConditionalGeneration(hf_cfg).eval()
   with torch.no_grad():
-    for name, p in model.named_parameters():
-      if "norm" in name:
-        p.add_(0.1 * torch.randn_like(p))
-      elif name.endswith("bias"):
-        p.normal_(0, 0.02)
+    if o1:
+      o1_weights(model)
+    else:
+      for name, p in model.named_parameters():
+        if "norm" in name:
+          p.add_(0.1 * torch.randn_like(p))
+        elif name.endswith("bias"):
+          p.normal_(0, 0.02)
   return model
+
+
+def o1_weights(model, gain: float = 1.5):
+  """Redraws every parameter so that activations are O(1), not init-scale (std 0.02).
+
+  At init scale GELU is nearly linear, attention nearly uniform and the outputs tiny, so a
+  wrong activation, rotary layout or norm placement moves them by less than 1e-4. Here: matrices ~ N(0, gain^2 / fan_in) (pre-activations of std ~gain),
+  embedding tables ~ N(0, 1), norm scales 1 + N(0, 0.3^2), biases ~ N(0, 0.5^2).
+  """
+  for name, p in model.named_parameters():
+    if "norm" in name and name.endswith("weight"):
+      p.copy_(1 + 0.3 * torch.randn_like(p))
+    elif name.endswith("bias"):
+      p.normal_(0, 0.5)
+    elif "embed_tokens" in name or "pos_embed" in name:
+      p.normal_(0, 1.0)
+    else:
+      p.normal_(0, gain / float(np.prod(p.shape[1:])) ** 0.5)
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:

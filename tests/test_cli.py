@@ -3,14 +3,20 @@ command path (synthetic shards -> tiny checkpoint -> prediction) end to end."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
 from depthvlm_jax.data import shards
 from test_pipeline import make_record
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(name, *args, cwd=None):
@@ -44,10 +50,28 @@ def test_a_user_error_is_one_line_with_exit_code_2_and_the_traceback_only_with_v
   assert unknown.returncode == 2 and "no_such_flag" in error_line(unknown)
 
 
-@pytest.mark.parametrize("fx", ["0", "-300", "nan"])
-def test_predict_refuses_a_focal_length_that_is_not_positive(tmp_path, fx):
-  proc = cli("predict", "--model=unused", f"--canonical_fx={fx}", f"--out={tmp_path / 'pred'}")
-  assert proc.returncode == 2 and "--canonical_fx" in error_line(proc) and "positive" in error_line(proc)
+@pytest.mark.parametrize("override,match", [
+    ("--config.data.canonical_fx=0", "config.data.canonical_fx=0.0: must be a positive focal length"),
+    ("--config.data.canonical_fx=nan", "config.data.canonical_fx=nan"),
+    ("--config.data.image_hw=(190,256)", r"config.data.image_hw=\(190, 256\): both sides must be positive multiples of 32"),
+    ("--config.stages.stage1.batch_sise=8", "batch_sise"),
+])
+def test_train_refuses_a_bad_config_at_start_naming_the_key(tmp_path, override, match):
+  proc = cli("train", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", override, cwd=REPO)
+  assert proc.returncode == 2 and re.search(match, error_line(proc)), proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_train_refuses_an_unwritable_workdir(tmp_path):
+  (tmp_path / "file").write_text("x")
+  proc = cli("train", "--config=configs/demo.py", f"--workdir={tmp_path / 'file' / 'run'}", cwd=REPO)
+  assert proc.returncode == 2 and f"{tmp_path / 'file' / 'run'}" in error_line(proc)
+
+
+def test_predict_needs_the_settings_of_a_hugging_face_model(tmp_path):
+  (tmp_path / "hf").mkdir()
+  proc = cli("predict", f"--model={tmp_path / 'hf'}", f"--data={tmp_path}", f"--out={tmp_path / 'pred'}")
+  assert proc.returncode == 2 and "not a training workdir" in error_line(proc) and "--config=" in error_line(proc)
   assert not (tmp_path / "pred").exists()
 
 
@@ -67,24 +91,36 @@ def test_show_fails_on_a_bad_record_naming_shard_and_record(tmp_path):
 
 
 @pytest.mark.slow
-def test_readme_main_command_path_scores_good_records_and_counts_bad_ones(tmp_path):
-  synth = cli("data", "synth", "--num=6", f"--out={tmp_path / 'synth'}")
-  assert synth.returncode == 0, synth.stderr
-  w = ArrayRecordWriter(str(tmp_path / "synth" / "broken-00000-of-00001.array_record"), shards.WRITER_OPTIONS)
+def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
+  """README's main command path, shrunk: train the demo config for a few steps, then predict on
+  records with a bad one among them."""
+  data = tmp_path / "data"
+  short = ["--config.stages.stage1.steps=2", "--config.stages.stage2.steps=3", "--config.data.render.train=16",
+           "--config.data.render.eval=8", f"--config.data.render.dir={data}",
+           f"--config.data.train.synthetic.paths={data}/train", f"--config.eval.sources.synthetic.paths={data}/eval",
+           "--config.eval.num_batches=1", "--config.checkpoint.every_steps=0", "--config.log.every_steps=1"]
+  train = cli("train", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", *short, cwd=REPO)
+  assert train.returncode == 0, train.stderr
+  run = tmp_path / "run"
+  for name in ("experiment.json", "metrics.jsonl", "results.json", "loss_curve.png"):
+    assert (run / name).is_file(), name
+  steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
+  assert steps[-1] == 5 and len(list((run / "pictures").glob("*.png"))) >= 1
+  w = ArrayRecordWriter(str(data / "eval" / "broken-00000-of-00001.array_record"), shards.WRITER_OPTIONS)
   w.write(b"not a record")
   w.close()
-  convert = cli("convert", "--preset=tiny", f"--dst={tmp_path / 'tiny'}")
-  assert convert.returncode == 0, convert.stderr
-  args = [f"--model={tmp_path / 'tiny'}", "--canonical_fx=300", "--batch_size=7", "--max_batches=1"]
-  pred = cli("predict", *args, f"--data={tmp_path / 'synth'}/*", f"--out={tmp_path / 'pred'}")
+  pred = cli("predict", f"--model={run}", f"--data={data}/eval", f"--out={tmp_path / 'pred'}")
   assert pred.returncode == 0, pred.stderr
   result = json.loads((tmp_path / "pred" / "metrics.json").read_text())
-  assert result["images_scored"] == 6 and result["images_skipped"] == 1
+  assert result["images_scored"] == 8 and result["images_skipped"] == 1
   assert 0 <= result["dense"]["delta1"] <= 1 and result["dense"]["rmse"] > 0
   assert "broken-00000-of-00001.array_record record 0" in pred.stderr  # the skip names the record
-  assert len(list((tmp_path / "pred").glob("*.png"))) == 6
+  for rec in shards.iter_records(f"{data}/eval/synthetic_eval-*"):
+    depth = np.load(tmp_path / "pred" / f"{rec.key}.npy")
+    assert depth.dtype == np.float32 and depth.shape == (rec.image_size[1], rec.image_size[0])
+    assert np.isfinite(depth).all() and (depth > 0).all()
   # All bad: the run fails, and still leaves valid JSON that says why.
-  bad = cli("predict", *args, f"--data={tmp_path / 'synth'}/broken-*", f"--out={tmp_path / 'pred'}")
+  bad = cli("predict", f"--model={run}", f"--data={data}/eval/broken-*", f"--out={tmp_path / 'pred'}")
   assert bad.returncode == 2 and "nothing could be scored" in error_line(bad)
   result = json.loads((tmp_path / "pred" / "metrics.json").read_text())
   assert result["images_scored"] == 0 and result["images_skipped"] == 1

@@ -20,6 +20,52 @@ def test_dense_metrics_known_answers():
   assert avg["delta1"] == pytest.approx(0.5)
 
 
+def test_delta1_is_two_sided_and_rmse_is_not_mae():
+  """Under-prediction must fail delta1 like over-prediction (max(p/g, g/p)), and RMSE must weigh
+  large errors more than MAE: one image per case, values worked out by hand."""
+  gt = np.full((3, 1, 4), 2.0, np.float32)
+  pred = np.array([[[1.0, 1.8, 2.4, 3.0]],  # ratios 2, 1.11, 1.2, 1.5 (two under, two over)
+                   [[2 / 1.3] * 4],  # all 30% under: one-sided p/g < 1.25 would pass them
+                   [[2.6] * 4]], np.float32)  # all 30% over
+  per = metrics.dense(pred, gt, np.ones_like(gt, bool))
+  np.testing.assert_allclose(per["delta1"], [0.5, 0.0, 0.0])
+  np.testing.assert_allclose(per["abs_rel"], [(1 + 0.2 + 0.4 + 1) / 4 / 2, 1 - 1 / 1.3, 0.3], rtol=1e-6)
+  # RMSE sqrt((1 + 0.04 + 0.16 + 1) / 4) = 0.742, where MAE would be 0.65.
+  np.testing.assert_allclose(per["rmse"], [np.sqrt(0.55), 2 - 2 / 1.3, 0.6], rtol=1e-6)
+
+
+def reference_metrics(pred, gt, valid):
+  """Per-image delta1 / AbsRel / RMSE written plainly, one image at a time."""
+  out = {"delta1": [], "abs_rel": [], "rmse": []}
+  for p, g, v in zip(pred, gt, valid):
+    p, g = p[v].astype(np.float64), g[v].astype(np.float64)
+    out["delta1"].append(np.mean(np.maximum(p / g, g / p) < 1.25))
+    out["abs_rel"].append(np.mean(np.abs(p - g) / g))
+    out["rmse"].append(np.sqrt(np.mean((p - g) ** 2)))
+  return {k: np.array(v) for k, v in out.items()}
+
+
+def test_dense_and_sparse_metrics_equal_a_plain_reference_on_mixed_errors():
+  """Log-normal errors both ways (about half the pixels outside 1.25x) with invalid pixels."""
+  rng = np.random.default_rng(0)
+  gt = rng.uniform(0.5, 20.0, (4, 12, 16)).astype(np.float32)
+  pred = (gt * np.exp(rng.normal(0, 0.3, gt.shape))).astype(np.float32)
+  valid = rng.uniform(size=gt.shape) < 0.8
+  want = reference_metrics(pred, gt, valid)
+  assert 0.3 < want["delta1"].mean() < 0.7
+  per = metrics.dense(pred, gt, valid)
+  for k in want:
+    np.testing.assert_allclose(per[k], want[k], rtol=1e-6, err_msg=k)
+  avg = metrics.average(per)
+  assert avg["rmse"] == pytest.approx(want["rmse"].mean(), rel=1e-6)
+  # Sparse: the labels are the pixels' own gt values, read at pixel centres.
+  rows, cols = np.nonzero(valid[0])
+  points = np.stack([cols, rows, gt[0, rows, cols]], -1)[None].astype(np.float32)
+  sp = metrics.sparse(pred[:1], points, np.ones(points.shape[:2], bool))
+  for k in want:
+    np.testing.assert_allclose(sp[k], want[k][:1], rtol=1e-6, err_msg=k)
+
+
 def test_sparse_reads_prediction_at_the_point_pixel_and_skips_unlabelled_images():
   pred = np.ones((2, 6, 8), np.float32)
   pred[0, 2, 5] = 4.0

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
+from depthvlm_jax import tasks
 from depthvlm_jax.data import pipeline, shards, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError, encode_png
 
@@ -28,7 +29,7 @@ def shard_glob(tmp_path_factory):
 
 
 def config(glob, **kw):
-  base = dict(sources=(pipeline.Source(glob),), image_hw=(288, 416), batch_size=2, seed=3)
+  base = dict(task=tasks.get("depthvlm"), sources=(pipeline.Source(glob),), image_hw=(288, 416), batch_size=2, seed=3)
   base.update(kw)
   return pipeline.PipelineConfig(**base)
 
@@ -66,7 +67,7 @@ def test_depthvlm_labels_are_the_fixed_reply(shard_glob):
 
 
 def test_depthlm_marker_query_and_answer_agree(shard_glob):
-  batch = next(iter(pipeline.build(config(shard_glob, mode="depthlm", image_hw=(640, 960)))))
+  batch = next(iter(pipeline.build(config(shard_glob, task=tasks.get("depthlm"), image_hw=(640, 960)))))
   tok = text.load_tokenizer()
   for b in range(2):
     x, y, z = batch["query"][b]
@@ -79,11 +80,11 @@ def test_depthlm_marker_query_and_answer_agree(shard_glob):
     labels = batch["labels"][b]
     answer = tok.decode(labels[labels != text.IGNORE_ID], skip_special_tokens=True)
     assert answer == text.depthlm_answer(z)
-    assert text.parse_depth_answer(answer) == pytest.approx(round(float(z), 2))
+    assert tasks.depthlm.parse_answer(answer) == pytest.approx(round(float(z), 2))
 
 
 def test_restored_iterator_state_gives_the_next_batches_with_two_workers(shard_glob):
-  cfg = config(shard_glob, worker_count=2, mode="depthlm", image_hw=(640, 960))
+  cfg = config(shard_glob, worker_count=2, task=tasks.get("depthlm"), image_hw=(640, 960))
   it = iter(pipeline.build(cfg))
   for _ in range(3):
     next(it)
@@ -104,6 +105,25 @@ def test_mixture_draws_from_every_source(shard_glob, tmp_path):
   it = iter(pipeline.build(cfg))
   from_other = [float(b["depth"][i].min()) > 6.0 for b in (next(it), next(it), next(it)) for i in range(8)]
   assert 2 <= sum(from_other) <= 12  # weight 1 of 4: about 6 of 24
+
+
+def test_mixture_proportions_follow_the_weights_not_the_sizes(tmp_path):
+  """Source b has 2 records at weight 3, source a 8 records at weight 1: b must give ~75% of
+  400 examples. An unweighted mix gives 50%, a size-proportional one 20%. Tiny 64x64 records
+  at fx = canonical_fx (no resize); b's depth starts at 6 m, a's stays below 2 m."""
+  from depthvlm_jax import tasks
+  tiny_rec = dict(w=64, h=64, fx=64.0)
+  shards.write_shards((make_record(200 + i, **tiny_rec) for i in range(8)), tmp_path / "a", "a")
+  shards.write_shards((make_record(300 + i, offset=6.0, **tiny_rec) for i in range(2)), tmp_path / "b", "b")
+  cfg = config(str(tmp_path / "a" / "*"), task=tasks.get("depthvlm"), image_hw=(64, 64), canonical_fx=64.0,
+               sources=(pipeline.Source(str(tmp_path / "a" / "*"), 1.0), pipeline.Source(str(tmp_path / "b" / "*"), 3.0)),
+               batch_size=16, train=False)
+  it = iter(pipeline.build(cfg))
+  depth_min = np.concatenate([next(it)["depth"].reshape(16, -1).min(axis=1) for _ in range(25)])
+  assert ((depth_min < 2.0) | (depth_min > 5.0)).all()
+  frac_b = float(np.mean(depth_min > 5.0))
+  print(f"fraction from b: {frac_b:.4f}")
+  assert 0.7 <= frac_b <= 0.8, frac_b
 
 
 def write_raw(path, payloads):
@@ -128,13 +148,15 @@ def test_bad_records_are_skipped_and_counted_or_raise(tmp_path):
 
 def test_bad_pipeline_config_is_refused():
   with pytest.raises(ValueError, match="image_hw"):
-    pipeline.build(pipeline.PipelineConfig(sources=(pipeline.Source("x"),), image_hw=(100, 64)))
-  with pytest.raises(ValueError, match="mode"):
-    pipeline.build(pipeline.PipelineConfig(mode="dense", sources=(pipeline.Source("x"),)))
+    pipeline.build(pipeline.PipelineConfig(task=tasks.get("depthvlm"), sources=(pipeline.Source("x"),),
+                                           image_hw=(100, 64)))
+  with pytest.raises(ValueError, match="not a task"):
+    pipeline.build(pipeline.PipelineConfig(task="dense", sources=(pipeline.Source("x"),)))
 
 
 def test_synthetic_source_renders_in_the_pipeline():
-  cfg = pipeline.PipelineConfig(sources=(pipeline.Source(synthetic=8, synthetic_kind="outdoor"),), image_hw=(192, 256),
+  cfg = pipeline.PipelineConfig(task=tasks.get("depthvlm"), sources=(pipeline.Source(synthetic=8, synthetic_kind="outdoor"),),
+                                image_hw=(192, 256),
                                 batch_size=2, canonical_fx=300.0, seed=1)
   batch = next(iter(pipeline.build(cfg)))
   assert batch["image"].shape == (2, 192, 256, 3) and pipeline.skipped_in(batch) == 0

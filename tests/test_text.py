@@ -15,9 +15,13 @@ def tok():
   return text.load_tokenizer()
 
 
+SYSTEM = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+
+
 def _template(n, question, answer):
-  """Qwen3-VL-Instruct's chat template rendered for one image + question and an answer."""
-  return ("<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>" + question
+  """The Qwen chat template as both releases render it: the default system turn, one image +
+  question, and an answer."""
+  return (SYSTEM + "<|im_start|>user\n<|vision_start|>" + "<|image_pad|>" * n + "<|vision_end|>" + question
           + "<|im_end|>\n<|im_start|>assistant\n" + answer + "<|im_end|>\n")
 
 
@@ -73,8 +77,12 @@ def test_chat_tokens_layout_and_loss_mask(tok, question, answer):
 def test_chat_tokens_generation_prompt(tok):
   ids, mask = text.chat_tokens(tok, 2, text.DEPTHLM_QUESTION)
   assert not mask.any()
-  assert tok.decode(ids) == ("<|im_start|>user\n<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
+  assert tok.decode(ids) == (SYSTEM + "<|im_start|>user\n<|vision_start|><|image_pad|><|image_pad|><|vision_end|>"
                              + text.DEPTHLM_QUESTION + "<|im_end|>\n<|im_start|>assistant\n")
+  # The system turn comes first, carries no loss, and can be left out on request.
+  assert ids.tolist()[:len(tok.encode(SYSTEM))] == tok.encode(SYSTEM)
+  bare, _ = text.chat_tokens(tok, 2, text.DEPTHLM_QUESTION, system=None)
+  assert bare.tolist() == ids.tolist()[len(tok.encode(SYSTEM)):]
 
 
 def test_pad_batch_labels_are_the_shifted_answer(tok):
@@ -98,25 +106,6 @@ def test_pad_batch_labels_are_the_shifted_answer(tok):
     assert tok.decode(labels[trained], skip_special_tokens=True) == answer
   with pytest.raises(ValueError, match="more than the batch length"):
     text.pad_batch(seqs, length - 4, tok.pad_id)
-
-
-@pytest.mark.parametrize("out,expected", [
-    (text.depthlm_answer(2.345), 2.35),  # "{:.2f}" of the float 2.345
-    (text.depthlm_answer(12.0), 12.0),
-    ("<think> about 3 meters </think>\n\n<answer> 4.75 </answer>", 4.75),
-    ("4", 4.0),
-    ("The depth is 2.5 m, not 3.75.", 3.75),
-    ("<answer> .5 </answer>", 0.5),
-    ("12. meters", 12.0),
-    ("1.5e1", 15.0),
-    ("-1.2", -1.2),
-    ("no idea", None),
-    ("", None),
-    ("<answer> </answer>", None),
-])
-def test_parse_depth_answer(out, expected):
-  got = text.parse_depth_answer(out)
-  assert got == (None if expected is None else pytest.approx(expected))
 
 
 def test_load_tokenizer_errors(tmp_path):

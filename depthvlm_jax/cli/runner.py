@@ -38,6 +38,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     return FLAGS(argv)
   except flags.Error as e:
     _fail(f"{_one_line(e)} (see --help)", USER_ERROR)
+  except (AttributeError, KeyError) as e:  # ml_collections: a --config.KEY=VALUE override of no key
+    overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+    _fail(f"unknown config key {_one_line(e)} in {overrides}: an override must name a key of the config file",
+          USER_ERROR)
+  except (TypeError, ValueError) as e:  # ml_collections: a value of the wrong type, a bad config file
+    _fail(f"bad --config: {_one_line(e)}", USER_ERROR)
 
 
 def run(main: Callable[[list[str]], None]) -> None:

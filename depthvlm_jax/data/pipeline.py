@@ -1,9 +1,12 @@
-"""grain input pipelines for DepthVLM (dense targets) and DepthLM (one marked point, text answer).
+"""grain input pipelines: records -> static-shape batches, for any task (depthvlm_jax.tasks).
 
   sources (ArrayRecord shards | synthetic scenes), mixed by weight
     -> shuffle -> repeat -> this process's shard -> decode -> focal normalisation (canonical fx)
-    -> crop to the static size -> depth targets -> [DepthLM: point + red arrow] -> chat tokens
+    -> [task augmentation] -> crop to the static size -> depth targets
+    -> task example (image marks, question, answer) -> chat tokens
     -> batch -> (multiprocess prefetch) -> global jax.Array on the mesh
+
+The task is an object with the `ExampleTask` methods; data/ never imports tasks/.
 
 Every example has the same shapes, so the train step compiles once. A record that fails to
 decode or transform either raises (`on_bad_record="raise"`) or becomes an example with
@@ -14,7 +17,7 @@ and the trainer counts skips from the batches (`skipped_in(batch)`), however man
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional, Sequence
+from typing import Any, NamedTuple, Optional, Protocol, Sequence
 
 import grain
 import jax
@@ -24,7 +27,30 @@ from absl import logging
 from depthvlm_jax.data import shards, synthetic, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
 
-MODES = ("depthvlm", "depthlm")
+
+
+class TaskExample(NamedTuple):
+  """What a task makes of one normalised, cropped example."""
+  rgb: np.ndarray  # [H, W, 3] uint8, with the task's marks drawn (e.g. DepthLM's arrow)
+  question: str
+  answer: Optional[str]  # None: a prompt only (inference)
+  query: np.ndarray  # float32 [3]: (x, y, z) of a queried point, zeros if none
+
+
+class ExampleTask(Protocol):
+  """The part of a task the pipeline calls (see depthvlm_jax.tasks)."""
+
+  name: str
+
+  def augment(self, example: transforms.Example, rng: np.random.Generator) -> transforms.Example:
+    """Training-only augmentation after focal normalisation, before the static crop."""
+
+  def example(self, example: transforms.Example, depth: np.ndarray, depth_valid: np.ndarray,
+              rng: np.random.Generator) -> TaskExample:
+    """The model's input image and text for one example (raise RecordError if unusable)."""
+
+  def texts(self) -> Sequence[tuple[str, str]]:
+    """(question, answer) pairs covering the longest text the task produces (sizes the batch)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,12 +67,12 @@ class Source:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  mode: str = "depthvlm"
+  task: Optional[ExampleTask] = None  # required: a depthvlm_jax.tasks object
   sources: tuple[Source, ...] = ()
   image_hw: tuple[int, int] = (256, 320)  # static (H, W), multiples of 32
   canonical_fx: float = 1000.0
   batch_size: int = 8  # global batch; each process loads batch_size / process_count
-  seq_len: int = 0  # static text length; 0 = derived from the image size and the mode's text
+  seq_len: int = 0  # static text length; 0 = derived from the image size and the task's texts
   max_points: int = 100  # sparse labels kept per example (evaluation)
   train: bool = True  # random crops / DepthLM crops; otherwise centre crop + padding
   shuffle: bool = True
@@ -59,8 +85,8 @@ class PipelineConfig:
   tokenizer_path: Optional[str] = None  # HF tokenizer dir/json; None = the shipped tiny one
 
   def validate(self) -> "PipelineConfig":
-    if self.mode not in MODES:
-      raise ValueError(f"data.mode={self.mode!r}: use one of {MODES}")
+    if not all(hasattr(self.task, m) for m in ("augment", "example", "texts")):
+      raise ValueError(f"data.task={self.task!r} is not a task: use depthvlm_jax.tasks.get(name)")
     if not self.sources:
       raise ValueError("data.sources is empty: give ArrayRecord paths or a synthetic source")
     if any(s % 32 for s in self.image_hw):
@@ -77,16 +103,12 @@ def num_image_tokens(image_hw: Sequence[int]) -> int:
 
 
 def sequence_length(cfg: PipelineConfig, tok: text.Tokenizer) -> int:
-  """The static text length: the longest chat the mode produces (DepthLM answers vary with the
+  """The static text length: the longest chat the task produces (DepthLM answers vary with the
   number of digits), rounded up to a multiple of 8."""
   if cfg.seq_len:
     return cfg.seq_len
   n = num_image_tokens(cfg.image_hw)
-  if cfg.mode == "depthvlm":
-    longest = len(text.chat_tokens(tok, n, text.DEPTHVLM_PROMPT, text.DEPTHVLM_REPLY)[0])
-  else:
-    longest = max(len(text.chat_tokens(tok, n, text.DEPTHLM_QUESTION, text.depthlm_answer(d))[0])
-                  for d in (0.01, 9.99, 99.99, 999.99))
+  longest = max(len(text.chat_tokens(tok, n, q, a)[0]) for q, a in cfg.task.texts())
   return -(-longest // 8) * 8
 
 
@@ -133,24 +155,17 @@ class ExampleFn(grain.transforms.RandomMap):
     valid = rec.valid_mask() if rec.depth is not None else None
     ex = transforms.focal_normalize(rgb, rec.depth, valid, rec.points, rec.intrinsics, rec.depth_size,
                                     cfg.canonical_fx, key=rec.key)
-    if cfg.train and cfg.mode == "depthlm":
-      ex = transforms.depthlm_crop(ex, rng)
+    if cfg.train:
+      ex = cfg.task.augment(ex, rng)
     ex = transforms.random_crop(ex, cfg.image_hw, rng) if cfg.train else transforms.center_crop(ex, cfg.image_hw)
     depth, depth_valid = transforms.depth_targets(ex, rec.depth_range)
-    rgb, n_img = ex.rgb, num_image_tokens(cfg.image_hw)
-    query = np.zeros(3, np.float32)
-    if cfg.mode == "depthvlm":
-      ids, mask = text.chat_tokens(self.tok, n_img, text.DEPTHVLM_PROMPT, text.DEPTHVLM_REPLY)
-    else:
-      x, y, z = transforms.sample_query_point(ex, rng, valid=depth_valid if ex.depth is not None else None)
-      rgb = transforms.draw_arrow(rgb, x, y)
-      ids, mask = text.chat_tokens(self.tok, n_img, text.DEPTHLM_QUESTION, text.depthlm_answer(z))
-      query = np.array([x, y, z], np.float32)
+    task_ex = cfg.task.example(ex, depth, depth_valid, rng)
+    ids, mask = text.chat_tokens(self.tok, num_image_tokens(cfg.image_hw), task_ex.question, task_ex.answer)
     points, points_valid = _fixed_points(ex.points, cfg.max_points)
     lo, hi = rec.depth_range
     in_range = points_valid & (points[:, 2] > lo) & (points[:, 2] <= hi)
-    return self._pack(rgb, depth, depth_valid, ex.pixel_mask, np.asarray(ex.intrinsics, np.float32), points,
-                      in_range, query, ids, mask, weight=1.0)
+    return self._pack(task_ex.rgb, depth, depth_valid, ex.pixel_mask, np.asarray(ex.intrinsics, np.float32), points,
+                      in_range, np.asarray(task_ex.query, np.float32), ids, mask, weight=1.0)
 
   def _empty(self) -> dict[str, np.ndarray]:
     """The stand-in for a skipped record: same shapes, nothing valid, no loss, weight 0."""

@@ -1,20 +1,22 @@
 """Text for both methods: fixed prompts and answers, Qwen3-VL's chat layout, label masks.
 
-The chat layout is Qwen3-VL-Instruct's template (no default system turn; the image before the
-text in the user turn; every `<|im_end|>` followed by "\\n"):
+The chat layout is the Qwen chat template as both releases render it, with the default system
+turn first (the image before the text in the user turn; every `<|im_end|>` followed by "\\n"):
 
+  <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n
   <|im_start|>user\\n<|vision_start|><|image_pad|>*N<|vision_end|>{question}<|im_end|>\\n
   <|im_start|>assistant\\n{answer}<|im_end|>\\n
 
-Only the answer and the assistant's closing `<|im_end|>` carry loss (so the model learns to
-stop); DepthLM's release also trained on the system and user text. Tokenisers are loaded with
+The system turn matters beyond text: DepthVLM's head reads the LLM states at the image tokens,
+which attend to it, so leaving it out changes an imported checkpoint's depth maps. Only the
+answer and the assistant's closing `<|im_end|>` carry loss (so the model learns to stop);
+DepthLM's release also trained on the system and user text. Tokenisers are loaded with
 the `tokenizers` library from a `tokenizer.json` (Qwen's or the shipped tiny one).
 """
 
 from __future__ import annotations
 
 import os
-import re
 from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -29,6 +31,7 @@ DEPTHLM_QUESTION = ("Given this image, how far is the point pointed by the red a
 DEPTHLM_ANSWER = ("<think> The point is around {d:.2f} meters away from the camera. </think>\n\n"
                   "<answer> {d:.2f} </answer>")
 
+DEFAULT_SYSTEM = "You are a helpful assistant."
 IGNORE_ID = -100  # label of a position that carries no loss
 TINY_TOKENIZER_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets", "tiny_tokenizer")
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -81,16 +84,18 @@ def load_tokenizer(path: Optional[str] = None) -> Tokenizer:
   return Tokenizer(tokenizers.Tokenizer.from_file(path))
 
 
-def chat_tokens(tok: Tokenizer, num_image_tokens: int, question: str,
-                answer: Optional[str] = None) -> tuple[np.ndarray, np.ndarray]:
-  """(input_ids int32 [L], loss_mask bool [L]) of one image + question (+ answer) turn pair.
+def chat_tokens(tok: Tokenizer, num_image_tokens: int, question: str, answer: Optional[str] = None,
+                system: Optional[str] = DEFAULT_SYSTEM) -> tuple[np.ndarray, np.ndarray]:
+  """(input_ids int32 [L], loss_mask bool [L]) of the system turn (None: none), one image +
+  question, and the answer.
 
   With answer=None the ids end at the generation prompt "<|im_start|>assistant\\n" (inference).
   Pieces are encoded separately at special-token boundaries, which the tokenizer splits on
   anyway, so the ids equal those of encoding the whole templated string.
   """
+  head = "" if system is None else f"<|im_start|>system\n{system}<|im_end|>\n"
   parts = [
-      (tok.encode("<|im_start|>user\n<|vision_start|>"), False),
+      (tok.encode(f"{head}<|im_start|>user\n<|vision_start|>"), False),
       ([tok.image_pad] * num_image_tokens, False),
       (tok.encode(f"<|vision_end|>{question}<|im_end|>\n<|im_start|>assistant\n"), False),
   ]
@@ -126,15 +131,3 @@ def pad_batch(examples: Sequence[tuple[np.ndarray, np.ndarray]], length: int, pa
     attention_mask[i, :n] = 1
     labels[i, :n - 1] = np.where(mask[1:], ids[1:], IGNORE_ID)
   return TextBatch(input_ids, attention_mask, labels)
-
-
-_NUMBER = re.compile(r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?")
-
-
-def parse_depth_answer(text: str) -> Optional[float]:
-  """The last number in a generated answer (DepthLM's rule); None when there is none."""
-  found = _NUMBER.findall(text)
-  if not found:
-    return None
-  value = float(found[-1])
-  return value if np.isfinite(value) else None

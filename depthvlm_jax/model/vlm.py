@@ -75,11 +75,14 @@ class DepthVLM(nn.Module):
 
   def __call__(self, input_ids: jax.Array, pixel_values: Optional[jax.Array] = None,
                attention_mask: Optional[jax.Array] = None, *, positions: Optional[jax.Array] = None,
-               cache: Optional[KVCache] = None, with_depth: bool = True) -> VLMOutput:
+               cache: Optional[KVCache] = None, with_depth: bool = True,
+               detach_head_inputs: bool = False) -> VLMOutput:
     """Prefill (pixel_values given) or a decode step (cache given, text only).
 
     input_ids [B, L] int32 with image placeholders expanded; pixel_values [B, H, W, 3];
     attention_mask [B, L] (1 = real token); positions [3, B, L] to override the M-RoPE ids.
+    detach_head_inputs stops the gradient at the depth head's inputs (training the head alone
+    then never runs a backward pass through the backbone).
     """
     cfg = self.cfg
     b, l = input_ids.shape
@@ -112,8 +115,10 @@ class DepthVLM(nn.Module):
 
     if with_depth and pixel_values is not None and cfg.depth_head is not None:
       pos = image_token_positions(input_ids, cfg.image_token_id, grid[0] * grid[1])
-      llm_last = jnp.take_along_axis(hidden, pos[..., None], axis=1)
-      depth = self.depth_head(list(deepstack) + [llm_last], grid)
+      feats = list(deepstack) + [jnp.take_along_axis(hidden, pos[..., None], axis=1)]
+      if detach_head_inputs:
+        feats = [jax.lax.stop_gradient(f) for f in feats]
+      depth = self.depth_head(feats, grid)
     return VLMOutput(logits=logits, depth=depth, positions=positions, cache=cache, hidden=hidden)
 
   def _attention_bias(self, b, l, attention_mask, cache):

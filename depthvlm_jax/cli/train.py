@@ -1,0 +1,42 @@
+"""depthvlm-train: run an experiment config in a workdir.
+
+  depthvlm-train --config=configs/demo.py --workdir=out/demo
+  depthvlm-train --config=configs/depthvlm.py:4b,stage1 --workdir=gs://bucket/run --config.stages.stage1.lr=3e-4
+
+Every setting comes from the config (`--config.KEY=VALUE` overrides; an unknown key fails at
+start); the resolved config is written to WORKDIR/experiment.json for eval, predict and resume.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax
+from absl import flags
+from ml_collections import config_flags
+
+from depthvlm_jax import experiment
+from depthvlm_jax.cli import runner
+from depthvlm_jax.train import trainer
+
+FLAGS = flags.FLAGS
+CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/NAME.py[:ARG]).",
+                                         lock_config=True)
+flags.DEFINE_string("workdir", None, "Run directory: config, checkpoints, logs, pictures.", required=True)
+flags.DEFINE_bool("overwrite", False, "Write into a --workdir that holds other files.")
+flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  del argv
+  exp = experiment.build(CONFIG.value, num_devices=jax.device_count())
+  result = trainer.run(exp, FLAGS.workdir, overwrite=FLAGS.overwrite)
+  print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=2))
+
+
+def run():
+  runner.run(main)
+
+
+if __name__ == "__main__":
+  run()
