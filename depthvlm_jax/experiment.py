@@ -10,6 +10,7 @@ workdir, which eval, predict and resume then read instead of re-declaring the fa
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, Optional
 
@@ -72,7 +73,7 @@ def base_config() -> ConfigDict:
   c.seed = 0
   c.model = model_section("tiny")
   c.data = ConfigDict(dict(
-      image_hw=(256, 320), canonical_fx=1000.0, tokenizer=placeholder(str), seq_len=0, max_points=100,
+      image_hw=(256, 320), canonical_fx=1000.0, crop="random", tokenizer=placeholder(str), seq_len=0, max_points=100,
       worker_count=0, read_threads=2, prefetch_batches=2, on_bad_record="skip", train=ConfigDict(),
       # Synthetic scenes rendered into `dir` when absent (the CPU demo): train and held-out eval
       # shards from disjoint seeds.
@@ -125,7 +126,8 @@ def sources(section: ConfigDict, key: str) -> tuple[pipeline.Source, ...]:
 def pipeline_config(c: ConfigDict, task, srcs, batch_size: int, train: bool, seed: int = 0) -> pipeline.PipelineConfig:
   d = c.data
   return pipeline.PipelineConfig(
-      task=task, sources=srcs, image_hw=tuple(d.image_hw), canonical_fx=float(d.canonical_fx), batch_size=batch_size,
+      task=task, sources=srcs, image_hw=tuple(d.image_hw), canonical_fx=float(d.canonical_fx), crop=d.crop,
+      batch_size=batch_size,
       seq_len=d.seq_len, max_points=d.max_points, train=train, shuffle=train, num_epochs=None if train else 1,
       seed=seed, worker_count=d.worker_count if train else 0, read_threads=d.read_threads,
       prefetch_batches=d.prefetch_batches, on_bad_record=d.on_bad_record, tokenizer_path=d.tokenizer)
@@ -194,6 +196,9 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
           f"covers {token}x{token} pixels)")
   if not (c.data.canonical_fx > 0 and math.isfinite(c.data.canonical_fx)):
     _fail("data.canonical_fx", c.data.canonical_fx, "must be a positive focal length in pixels")
+  if c.data.crop not in ("random", "principal"):
+    _fail("data.crop", c.data.crop, "use 'random' (random crops in training, centre crops in evaluation) or "
+          "'principal' (windows centred on the principal point)")
   if c.data.on_bad_record not in ("skip", "raise"):
     _fail("data.on_bad_record", c.data.on_bad_record, "use 'skip' or 'raise'")
   if not c.stages:
@@ -232,5 +237,4 @@ def to_json(c: ConfigDict) -> str:
 
 def from_json(text: str) -> ConfigDict:
   """The inverse of to_json (tuples come back as lists; the builders accept both)."""
-  import json
   return ml_collections.ConfigDict(json.loads(text))

@@ -125,6 +125,20 @@ def test_mesh_step_equals_single_device_step(tiny, batch):
   assert diff <= 1e-5
 
 
+def test_gradient_accumulation_equals_the_whole_batch(tiny, batch):
+  """Two microbatches of 4 give the loss and update of one batch of 8 (SILog is a mean over
+  images, so equal halves average exactly)."""
+  exp, model, params = tiny
+  stages = [experiment.stage_of("stage1", experiment.stage_section(
+      steps=10, batch_size=8, lr=1e-2, trainable=("depth_head/.*",), loss_weights={"depth": 1.0},
+      detach_head_inputs=True, grad_accum=k)) for k in (1, 2)]
+  (one, m1), (two, m2) = (run_step(exp, model, params, batch, stage=s) for s in stages)
+  assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-5)
+  assert float(m2["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-5)
+  a, b = (np.concatenate([x.ravel() for x in jax.tree.leaves(t.params["depth_head"])]) for t in (one, two))
+  assert np.linalg.norm(a - b) / np.linalg.norm(a) <= 1e-5
+
+
 @pytest.mark.parametrize("key,value,match", [
     ("data.image_hw", (64, 90), r"config.data.image_hw=\(64, 90\): both sides must be positive multiples of 32"),
     ("stages.stage1.batch_size", 6, r"config.stages.stage1.batch_size=6: .* divide over the mesh's data x fsdp = 4"),

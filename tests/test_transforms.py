@@ -212,3 +212,42 @@ def test_normalize_pixels():
   out = T.normalize_pixels(np.array([[[0, 255, 51]]], np.uint8))
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, [[[-1.0, 1.0, 51 / 127.5 - 1.0]]], rtol=1e-6)
+
+
+def test_flip_keeps_points_on_their_depth_and_mirrors_the_camera():
+  ex = _normalized(3)
+  flipped = T.flip_horizontal(ex)
+  w = ex.hw[1]
+  np.testing.assert_array_equal(flipped.rgb, ex.rgb[:, ::-1])
+  np.testing.assert_array_equal(flipped.depth, ex.depth[:, ::-1])
+  px = np.floor(flipped.points[:, :2] + 0.5).astype(int)
+  inside = flipped.valid[px[:, 1], px[:, 0]]
+  np.testing.assert_array_equal(flipped.depth[px[inside, 1], px[inside, 0]], flipped.points[inside, 2])
+  fx, fy, cx, cy = ex.intrinsics
+  assert flipped.intrinsics == (fx, fy, w - 1 - cx, cy)
+  np.testing.assert_array_equal(T.flip_horizontal(flipped).depth, ex.depth)  # an involution
+
+
+def test_photometric_changes_appearance_only_within_bounds():
+  rgb = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+  out = T.photometric(rgb, np.random.default_rng(1), 0.3)
+  assert out.dtype == np.uint8 and out.shape == rgb.shape and not np.array_equal(out, rgb)
+  assert np.corrcoef(out.ravel().astype(float), rgb.ravel().astype(float))[0, 1] > 0.8  # the same picture
+  np.testing.assert_array_equal(T.photometric(rgb, np.random.default_rng(1), 0.0), rgb)
+
+
+def test_principal_crop_puts_the_principal_point_at_the_centre_and_pads_around():
+  ex = _normalized(4)
+  out = T.principal_crop(ex, (1024, 1280))  # larger than the 800x600 image: padding on every side
+  fx, fy, cx, cy = out.intrinsics
+  assert (np.floor(cx + 0.5), np.floor(cy + 0.5)) == (640, 512)
+  top, left = int(np.floor(ex.intrinsics[3] + 0.5)) - 512, int(np.floor(ex.intrinsics[2] + 0.5)) - 640
+  assert top < 0 and left < 0
+  np.testing.assert_array_equal(out.rgb[-top:-top + 600, -left:-left + 800], ex.rgb)
+  np.testing.assert_array_equal(out.depth[-top:-top + 600, -left:-left + 800], ex.depth)
+  assert out.pixel_mask.sum() == 600 * 800 and not out.pixel_mask[:-top].any() and not out.pixel_mask[:, :-left].any()
+  px = np.floor(out.points[:, :2] + 0.5).astype(int)
+  ok = out.valid[px[:, 1], px[:, 0]]
+  np.testing.assert_array_equal(out.depth[px[ok, 1], px[ok, 0]], out.points[ok, 2])  # points still on their depth
+  small = T.principal_crop(ex, (64, 96))  # smaller: a crop around the principal point
+  assert small.pixel_mask.all() and (np.floor(small.intrinsics[2] + 0.5), np.floor(small.intrinsics[3] + 0.5)) == (48, 32)

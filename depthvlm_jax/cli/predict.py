@@ -37,7 +37,7 @@ CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config for 
 flags.DEFINE_string("model", None, "Training workdir or Hugging Face DepthVLM directory.", required=True)
 flags.DEFINE_string("data", None, "ArrayRecord shards (glob, folder or path) of ingested records.", required=True)
 flags.DEFINE_string("out", None, "Output folder (new, empty, or an earlier prediction's).", required=True)
-flags.DEFINE_integer("batch_size", 8, "Windows per prefill.")
+flags.DEFINE_integer("batch_size", 8, "Images (windows) per prefill.")
 flags.DEFINE_integer("max_images", 0, "Stop after this many records (0 = all).")
 flags.DEFINE_integer("pictures", 8, "Depth pictures of the first images.")
 flags.DEFINE_bool("overwrite", False, "Write into an --out that holds other files (same names are replaced).")
@@ -86,18 +86,37 @@ def main(argv):
   model, params = dvlm.load_pretrained(FLAGS.model)
   c = exp.config
   predictor = DepthPredictor(model, params, tuple(c.data.image_hw), c.data.canonical_fx, exp.task.prompt,
-                             FLAGS.batch_size, c.data.tokenizer)
+                             FLAGS.batch_size, c.data.tokenizer, c.data.crop)
   out.mkdir(parents=True, exist_ok=True)
   outputs.write_marker(out, KIND)
   total = min(len(source), FLAGS.max_images) if FLAGS.max_images else len(source)
   progress = report.Progress(total, every=max(1, total // 20), batch_size=1)
-  dense, sparse, skipped, start = [], [], 0, time.time()
+  dense, sparse, skipped, start, pending = [], [], 0, time.time(), []
+
+  def flush():
+    preds = predictor.predict_many([(rgb, rec.intrinsics) for rec, rgb in pending])
+    for (rec, rgb), pred in zip(pending, preds):
+      path = _output_path(out, rec.key)
+      path.parent.mkdir(parents=True, exist_ok=True)
+      with outputs.atomic_file(path) as f:
+        np.save(f, pred)
+      at_depth = _at_depth_size(pred, rec.depth_size)
+      if rec.depth is not None:
+        dense.append(metrics.dense(at_depth[None], rec.depth[None], rec.valid_mask()[None]))
+        if len(dense) <= FLAGS.pictures:
+          same = rec.depth.shape == pred.shape
+          exports.save_depth_figure(out / f"picture_{len(dense) - 1:03d}.png", rgb, pred,
+                                    rec.depth if same else None, rec.valid_mask() if same else None, title=rec.key)
+      if rec.points is not None:
+        sparse.append(metrics.sparse(at_depth[None], rec.points[None], np.ones((1, len(rec.points)), bool)))
+    pending.clear()
+
   for i in range(total):
     raw = source[i]
     try:
       rec = raw.decode()
       try:
-        rgb = rec.decode_image()
+        pending.append((rec, rec.decode_image()))
       except RecordError as e:
         raise RecordError(f"{raw.where} [{rec.key}]", e.field, e.problem) from e
     except RecordError as e:
@@ -105,21 +124,8 @@ def main(argv):
         raise
       logging.warning("skipping a bad record: %s", e)
       skipped += 1
-      continue
-    pred = predictor.predict(rgb, rec.intrinsics)
-    path = _output_path(out, rec.key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with outputs.atomic_file(path) as f:
-      np.save(f, pred)
-    at_depth = _at_depth_size(pred, rec.depth_size)
-    if rec.depth is not None:
-      dense.append(metrics.dense(at_depth[None], rec.depth[None], rec.valid_mask()[None]))
-    if rec.points is not None:
-      sparse.append(metrics.sparse(at_depth[None], rec.points[None], np.ones((1, len(rec.points)), bool)))
-    if len(dense) <= FLAGS.pictures and rec.depth is not None:
-      exports.save_depth_figure(out / f"picture_{len(dense) - 1:03d}.png", rgb, pred,
-                                rec.depth if rec.depth.shape == pred.shape else None,
-                                rec.valid_mask() if rec.depth.shape == pred.shape else None, title=rec.key)
+    if len(pending) == FLAGS.batch_size or (i == total - 1 and pending):
+      flush()
     progress.update(i + 1)
   scored = total - skipped
   result = {"model": FLAGS.model, "data": FLAGS.data, "task": exp.task.name, "image_hw": list(c.data.image_hw),

@@ -74,7 +74,10 @@ class PipelineConfig:
   batch_size: int = 8  # global batch; each process loads batch_size / process_count
   seq_len: int = 0  # static text length; 0 = derived from the image size and the task's texts
   max_points: int = 100  # sparse labels kept per example (evaluation)
-  train: bool = True  # random crops / DepthLM crops; otherwise centre crop + padding
+  train: bool = True  # task augmentation and random crops; otherwise centre crops
+  # "random" (train) / "center" (eval) windows, or "principal": a window centred on the principal
+  # point in training and evaluation alike (see transforms.principal_crop).
+  crop: str = "random"
   shuffle: bool = True
   num_epochs: Optional[int] = None  # None = repeat forever
   seed: int = 0
@@ -91,6 +94,8 @@ class PipelineConfig:
       raise ValueError("data.sources is empty: give ArrayRecord paths or a synthetic source")
     if any(s % 32 for s in self.image_hw):
       raise ValueError(f"data.image_hw={self.image_hw}: both sides must be multiples of 32")
+    if self.crop not in ("random", "principal"):
+      raise ValueError(f"data.crop={self.crop!r}: use 'random' or 'principal'")
     if self.on_bad_record not in ("skip", "raise"):
       raise ValueError(f"data.on_bad_record={self.on_bad_record!r}: use 'skip' or 'raise'")
     if self.batch_size % jax.process_count():
@@ -157,7 +162,10 @@ class ExampleFn(grain.transforms.RandomMap):
                                     cfg.canonical_fx, key=rec.key)
     if cfg.train:
       ex = cfg.task.augment(ex, rng)
-    ex = transforms.random_crop(ex, cfg.image_hw, rng) if cfg.train else transforms.center_crop(ex, cfg.image_hw)
+    if cfg.crop == "principal":
+      ex = transforms.principal_crop(ex, cfg.image_hw)
+    else:
+      ex = transforms.random_crop(ex, cfg.image_hw, rng) if cfg.train else transforms.center_crop(ex, cfg.image_hw)
     depth, depth_valid = transforms.depth_targets(ex, rec.depth_range)
     task_ex = cfg.task.example(ex, depth, depth_valid, rng)
     ids, mask = text.chat_tokens(self.tok, num_image_tokens(cfg.image_hw), task_ex.question, task_ex.answer)

@@ -6,8 +6,8 @@ Pixel-centre convention (as `records.intrinsics_at`): pixel (col, row) covers
 [col - 0.5, col + 0.5) x [row - 0.5, row + 0.5), so an image of width W spans [-0.5, W - 0.5]
 and a resize by sx maps u to (u + 0.5) * sx - 0.5. Point coordinates are kept as floats in this
 frame; the pixel holding a point is floor(u + 0.5). Nearest-neighbour resizes use the same
-centres, so an upsampled depth map holds a point's depth at its pixel. Padding is always at the
-bottom and right, so it never moves the principal point.
+centres, so an upsampled depth map holds a point's depth at its pixel. Crops and padding
+update the principal point with the window's offset.
 """
 
 from __future__ import annotations
@@ -87,14 +87,18 @@ def focal_normalize(rgb: np.ndarray, depth: Optional[np.ndarray], valid: Optiona
 
 
 def window(example: Example, top: int, left: int, out_hw: tuple[int, int]) -> Example:
-  """The [top, top + h) x [left, left + w) window (top, left >= 0); parts beyond the image
-  become padding (zero RGB and depth, invalid, pixel_mask False). Points outside are dropped."""
+  """The [top, top + h) x [left, left + w) window (negative offsets pad above / to the left);
+  parts beyond the image become padding (zero RGB and depth, invalid, pixel_mask False). Points
+  outside are dropped."""
   h, w = out_hw
+  ih, iw = example.hw
+  r0, c0 = max(top, 0), max(left, 0)  # the part of the image inside the window
+  r1, c1 = min(top + h, ih), min(left + w, iw)
 
   def take(a, fill):
     out = np.full((h, w) + a.shape[2:], fill, a.dtype)
-    src = a[top:top + h, left:left + w]
-    out[:src.shape[0], :src.shape[1]] = src
+    if r1 > r0 and c1 > c0:
+      out[r0 - top:r1 - top, c0 - left:c1 - left] = a[r0:r1, c0:c1]
     return out
 
   points = example.points
@@ -110,6 +114,33 @@ def window(example: Example, top: int, left: int, out_hw: tuple[int, int]) -> Ex
       points=points, intrinsics=(fx, fy, cx - left, cy - top), pixel_mask=take(example.pixel_mask, False))
 
 
+def flip_horizontal(example: Example) -> Example:
+  """The mirror image: columns reversed, points and the principal point mirrored (cx' = W-1-cx).
+  Depth values are unchanged, so the labels stay exact."""
+  h, w = example.hw
+  flip = lambda a: None if a is None else a[:, ::-1].copy()
+  points = example.points
+  if points is not None:
+    points = points.copy()
+    points[:, 0] = (w - 1) - points[:, 0]
+  fx, fy, cx, cy = example.intrinsics
+  return dataclasses.replace(example, rgb=flip(example.rgb), depth=flip(example.depth), valid=flip(example.valid),
+                             points=points, intrinsics=(fx, fy, (w - 1) - cx, cy), pixel_mask=flip(example.pixel_mask))
+
+
+def photometric(rgb: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+  """Random brightness, contrast, saturation, per-channel gain and noise (strength 0 = none):
+  appearance changes that leave geometry, and so depth, alone."""
+  x = rgb.astype(np.float32) / 255.0
+  jitter = lambda: 1.0 + strength * rng.uniform(-1, 1)
+  gray = x.mean(axis=-1, keepdims=True)
+  x = gray + (x - gray) * jitter()  # saturation
+  x = (x - x.mean()) * jitter() + x.mean()  # contrast
+  x = x * jitter() * (1.0 + 0.5 * strength * rng.uniform(-1, 1, 3)).astype(np.float32)  # brightness, colour cast
+  x = x + rng.normal(0.0, 0.03 * strength, x.shape).astype(np.float32)  # sensor noise
+  return (np.clip(x, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
 def random_crop(example: Example, out_hw: tuple[int, int], rng: np.random.Generator) -> Example:
   """Training crop to a fixed size (static shapes); a smaller image is padded bottom/right."""
   (h, w), (oh, ow) = example.hw, out_hw
@@ -121,6 +152,16 @@ def center_crop(example: Example, out_hw: tuple[int, int]) -> Example:
   """Central window of a fixed size (e.g. a 1024 max edge for very large canonical images)."""
   (h, w), (oh, ow) = example.hw, out_hw
   return window(example, max(h - oh, 0) // 2, max(w - ow, 0) // 2, out_hw)
+
+
+def principal_crop(example: Example, out_hw: tuple[int, int]) -> Example:
+  """The window of a fixed size centred on the principal point (padding where the image ends).
+  After focal normalisation a pixel's place in this window is then its ray's angle, the same in
+  every image, which position embeddings can use: a floor or road at a given row is at a given
+  depth for a given camera height."""
+  cx, cy = example.intrinsics[2], example.intrinsics[3]
+  h, w = out_hw
+  return window(example, int(np.floor(cy + 0.5)) - h // 2, int(np.floor(cx + 0.5)) - w // 2, out_hw)
 
 
 def depthlm_crop(example: Example, rng: np.random.Generator, width_range=(1000, 1400),

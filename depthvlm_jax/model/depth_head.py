@@ -36,6 +36,12 @@ from depthvlm_jax.model.config import DepthHeadConfig
 TOKEN_PIXELS = 32  # input pixels per LLM token along each axis (Qwen3-VL: patch 16, merge 2)
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CONV_AXES = (None, None, "conv_in", "conv_out")
+# PyTorch's default Conv2d init (kaiming-uniform, a = sqrt(5): variance 1 / (3 fan_in)), which
+# the release's head starts from. The transformer's normal(0.02) would shrink the signal by ~4x
+# at each of the head's ~15 convolutions, and a head trained from scratch would barely learn.
+CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+# Kernel == stride transposed convs: each output pixel sees one input pixel, fan_in = in_channels.
+DECONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", batch_axis=(0, 1))
 
 HW = tuple[int, int]
 
@@ -78,7 +84,7 @@ def _conv(features: int, kernel: int, use_bias: bool, name: str, dtype: str, par
   return nn.Conv(
       features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=use_bias,
       dtype=layers.dtype_of(dtype), param_dtype=layers.dtype_of(param_dtype),
-      kernel_init=layers.logical(layers.default_kernel_init, _CONV_AXES),
+      kernel_init=layers.logical(CONV_INIT, _CONV_AXES),
       bias_init=layers.logical(nn.initializers.zeros_init(), _CONV_AXES[-1:]),
       precision=_HIGHEST, name=name)
 
@@ -98,7 +104,7 @@ class PatchDeconv(nn.Module):
   def __call__(self, x):
     s = self.stride
     pdt = layers.dtype_of(self.param_dtype)
-    kernel = self.param("kernel", layers.logical(layers.default_kernel_init, _CONV_AXES),
+    kernel = self.param("kernel", layers.logical(DECONV_INIT, _CONV_AXES),
                         (s, s, x.shape[-1], self.features), pdt)
     bias = self.param("bias", layers.logical(nn.initializers.zeros_init(), _CONV_AXES[-1:]),
                       (self.features,), pdt)

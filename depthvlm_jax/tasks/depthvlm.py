@@ -25,10 +25,18 @@ class DepthVLMTask:
   name: str = "depthvlm"
   prompt: str = text.DEPTHVLM_PROMPT
   reply: str = text.DEPTHVLM_REPLY
+  # Training augmentation (not in the release): mirror images and appearance jitter, which
+  # change no depth value; they keep a small model from learning one renderer's look.
+  flip: bool = False
+  photometric: float = 0.0
   needs_depth_head = True
   loss_names = ("depth",) + TEXT_TERMS
 
   def augment(self, example: transforms.Example, rng: np.random.Generator) -> transforms.Example:
+    if self.flip and rng.random() < 0.5:
+      example = transforms.flip_horizontal(example)
+    if self.photometric:
+      example = dataclasses.replace(example, rgb=transforms.photometric(example.rgb, rng, self.photometric))
     return example
 
   def example(self, example, depth, depth_valid, rng) -> TaskExample:

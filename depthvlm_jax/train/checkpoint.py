@@ -15,7 +15,8 @@ DIR = "checkpoints"
 
 
 def manager(workdir: str, keep: int = 2, read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only, read_only=read_only)
+  options = ocp.CheckpointManagerOptions(max_to_keep=None if read_only else keep, create=not read_only,
+                                         read_only=read_only)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), DIR), options=options,
                                item_names=("params", "opt_state", "progress"))
 

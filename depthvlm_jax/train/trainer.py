@@ -6,18 +6,17 @@ progress line, depth pictures, orbax checkpoints, and the loss curve at the end.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
+from PIL import Image
 
-from depthvlm_jax import experiment, outputs, sharding
+from depthvlm_jax import experiment, loading, outputs, sharding
 from depthvlm_jax.convert import pretrained
 from depthvlm_jax.data import pipeline, shards, synthetic, text
 from depthvlm_jax.infer import exports
@@ -63,8 +62,7 @@ def init_params(exp: experiment.Experiment, shardings):
   """From the config's model.init_from (HF dir or a workdir), else random (from scratch)."""
   source = exp.config.model.init_from
   if source:
-    from depthvlm_jax import load_pretrained  # the public loader (HF dirs and workdirs)
-    model, params = load_pretrained(source, shardings=shardings)
+    model, params = loading.load_pretrained(source, shardings=shardings)
     if model.cfg.replace(dtype=exp.model.dtype) != exp.model.replace(dtype=exp.model.dtype):
       logging.warning("model.init_from=%s has another model config than the experiment's", source)
     return params
@@ -207,7 +205,6 @@ def _evaluate(evaluator, params, writer, step, path: Path, tag: str) -> dict[str
     (path / "pictures").mkdir(exist_ok=True)
     for i, p in enumerate(pictures):
       with outputs.atomic_file(path / "pictures" / f"{tag}_{i}.png") as f:
-        from PIL import Image
         Image.fromarray(p).save(f, format="PNG")
   shown = {k.removeprefix("eval/"): round(v, 4) for k, v in result.items() if "/" not in k.removeprefix("eval/")}
   print(f"eval at step {step} ({tag}, {time.time() - start:.0f} s): {json.dumps(shown)}; training-median "
