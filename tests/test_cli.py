@@ -106,6 +106,8 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
     assert (run / name).is_file(), name
   steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
   assert steps[-1] == 5 and len(list((run / "pictures").glob("*.png"))) >= 1
+  again = cli("train", "--config=configs/demo.py", f"--workdir={run}", *short, cwd=REPO)
+  assert again.returncode == 2 and "holds an earlier run (checkpoint step 5)" in error_line(again)
   w = ArrayRecordWriter(str(data / "eval" / "broken-00000-of-00001.array_record"), shards.WRITER_OPTIONS)
   w.write(b"not a record")
   w.close()

@@ -7,6 +7,7 @@ progress line, depth pictures, orbax checkpoints, and the loss curve at the end.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -31,12 +32,25 @@ class TrainingError(RuntimeError):
   """Training cannot go on (e.g. too many non-finite steps in a row); the message says why."""
 
 
+RUN_FILES = (checkpoint.DIR, report.METRICS_FILE, report.TENSORBOARD_DIR, "pictures", RESULTS, "loss_curve.png",
+             experiment.CONFIG_FILE)
+
+
 def check_workdir(workdir: str, overwrite: bool = False) -> Path:
-  """The workdir exists and is writable (fails at start, not after the first stage)."""
+  """The workdir exists, is writable and holds no other run (fails at start, not after stage 1).
+  With `overwrite`, an earlier run's own files are removed first; nothing else is touched."""
   path = Path(workdir)
   outputs.check_destination(path, KIND, overwrite, replaces="its checkpoints, logs and pictures are replaced")
+  earlier = [path / name for name in RUN_FILES if (path / name).exists()]
+  if earlier and outputs.read_marker(path) and not overwrite:
+    step = checkpoint.latest_step(str(path))
+    raise outputs.OutputExistsError(
+        f"{workdir} holds an earlier run ({'checkpoint step ' + str(step) if step is not None else 'no checkpoint'}): "
+        "resuming is not supported yet; choose a new --workdir, or pass --overwrite to train it again from the start")
   try:
     path.mkdir(parents=True, exist_ok=True)
+    for old in earlier:
+      shutil.rmtree(old) if old.is_dir() else old.unlink()
     outputs.write_marker(path, KIND)
   except OSError as e:
     raise OSError(f"workdir {workdir} is not writable ({e.strerror or e}): choose another --workdir") from e
@@ -133,7 +147,9 @@ def run(exp: experiment.Experiment, workdir: str, overwrite: bool = False) -> di
       params = state.params
     if evaluator is not None:
       result = _evaluate(evaluator, params, writer, global_step, path, "final")
-    checkpoint.save(mngr, global_step, state.params, state.opt_state, {"step": global_step, "stage": exp.stages[-1].name})
+    if not (c.checkpoint.every_steps and global_step % c.checkpoint.every_steps == 0):  # else saved already
+      checkpoint.save(mngr, global_step, state.params, state.opt_state,
+                      {"step": global_step, "stage": exp.stages[-1].name})
     mngr.wait_until_finished()
   finally:
     writer.close()
