@@ -251,3 +251,12 @@ def test_principal_crop_puts_the_principal_point_at_the_centre_and_pads_around()
   np.testing.assert_array_equal(out.depth[px[ok, 1], px[ok, 0]], out.points[ok, 2])  # points still on their depth
   small = T.principal_crop(ex, (64, 96))  # smaller: a crop around the principal point
   assert small.pixel_mask.all() and (np.floor(small.intrinsics[2] + 0.5), np.floor(small.intrinsics[3] + 0.5)) == (48, 32)
+
+
+def test_sample_query_point_inside_an_image_padded_on_every_side():
+  """Principal-point windows pad above and to the left too: the border is from the real image."""
+  ex = T.principal_crop(_example(40, 60, depth=np.full((40, 60), 3.0, np.float32)), (80, 100))
+  rows, cols = np.nonzero(ex.pixel_mask)
+  for seed in range(20):
+    x, y, z = T.sample_query_point(ex, np.random.default_rng(seed), valid=ex.valid & ex.pixel_mask)
+    assert rows.min() + 5 <= y < rows.max() + 1 - 5 and cols.min() + 5 <= x < cols.max() + 1 - 5 and z == 3.0

@@ -90,7 +90,7 @@ def main(argv):
   out.mkdir(parents=True, exist_ok=True)
   outputs.write_marker(out, KIND)
   total = min(len(source), FLAGS.max_images) if FLAGS.max_images else len(source)
-  progress = report.Progress(total, every=max(1, total // 20), batch_size=1)
+  progress = report.Progress(total, every=FLAGS.batch_size, batch_size=1)
   dense, sparse, skipped, start, pending = [], [], 0, time.time(), []
 
   def flush():
@@ -126,7 +126,7 @@ def main(argv):
       skipped += 1
     if len(pending) == FLAGS.batch_size or (i == total - 1 and pending):
       flush()
-    progress.update(i + 1)
+      progress.update(i + 1)
   scored = total - skipped
   result = {"model": FLAGS.model, "data": FLAGS.data, "task": exp.task.name, "image_hw": list(c.data.image_hw),
             "canonical_fx": c.data.canonical_fx, "images_scored": scored, "images_skipped": skipped,

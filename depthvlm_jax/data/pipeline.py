@@ -28,7 +28,6 @@ from depthvlm_jax.data import shards, synthetic, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
 
 
-
 class TaskExample(NamedTuple):
   """What a task makes of one normalised, cropped example."""
   rgb: np.ndarray  # [H, W, 3] uint8, with the task's marks drawn (e.g. DepthLM's arrow)

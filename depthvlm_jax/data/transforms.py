@@ -224,10 +224,13 @@ def sample_query_point(example: Example, rng: np.random.Generator, border: int =
   """One labelled pixel >= border px from every edge of the real (unpadded) image, as integer
   (x, y) and its z-depth in metres: uniform over the dense `valid` pixels when a mask is given
   (any valid pixel is a label, as DepthLM samples them), else over the sparse points."""
-  real_h, real_w = int(example.pixel_mask.any(axis=1).sum()), int(example.pixel_mask.any(axis=0).sum())
+  rows, cols = np.flatnonzero(example.pixel_mask.any(axis=1)), np.flatnonzero(example.pixel_mask.any(axis=0))
+  # The real (unpadded) image's extent; padding may lie on any side (principal-point windows).
+  r0, r1 = (rows[0] + border, rows[-1] + 1 - border) if len(rows) else (0, 0)
+  c0, c1 = (cols[0] + border, cols[-1] + 1 - border) if len(cols) else (0, 0)
   if valid is not None:
     inner = np.zeros_like(valid)
-    inner[border:real_h - border, border:real_w - border] = True
+    inner[r0:max(r1, r0), c0:max(c1, c0)] = True
     rows, cols = np.nonzero(valid & inner)
     if not len(rows):
       raise RecordError(example.key, "valid", f"no valid depth pixel lies {border} px or more inside the image")
@@ -236,8 +239,7 @@ def sample_query_point(example: Example, rng: np.random.Generator, border: int =
   if example.points is None or not len(example.points):
     raise RecordError(example.key, "points", "no labelled point to query")
   px = _pixel(example.points[:, :2])
-  ok = ((px[:, 0] >= border) & (px[:, 0] < real_w - border)
-        & (px[:, 1] >= border) & (px[:, 1] < real_h - border))
+  ok = (px[:, 0] >= c0) & (px[:, 0] < c1) & (px[:, 1] >= r0) & (px[:, 1] < r1)
   idx = np.flatnonzero(ok)
   if not len(idx):
     raise RecordError(example.key, "points", f"no labelled point lies {border} px or more inside the image")
