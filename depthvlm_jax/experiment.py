@@ -18,7 +18,7 @@ import ml_collections
 from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
-from depthvlm_jax import tasks
+from depthvlm_jax import sharding, tasks
 from depthvlm_jax.data import pipeline
 from depthvlm_jax.model.config import DepthHeadConfig, ModelConfig, TextConfig, VisionConfig, get_config, validate
 from depthvlm_jax.train.optimizer import OptimizerConfig
@@ -220,15 +220,11 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
 
 
 def _batch_devices(shape, num_devices: int) -> int:
-  if len(shape) != 3 or list(shape).count(-1) > 1:
-    _fail("mesh.shape", shape, "give 3 sizes (data, fsdp, tensor), at most one -1")
-  known = math.prod(s for s in shape if s != -1)
-  if num_devices % known:
-    _fail("mesh.shape", shape, f"does not divide the {num_devices} devices")
-  full = [num_devices // known if s == -1 else s for s in shape]
-  if math.prod(full) != num_devices:
-    _fail("mesh.shape", shape, f"needs {math.prod(full)} devices, have {num_devices}")
-  return full[0] * full[1]
+  try:
+    data, fsdp, _ = sharding.mesh_shape(shape, num_devices)
+  except ValueError as e:
+    raise ConfigError(f"config.mesh.shape={shape!r}: {e}") from e
+  return data * fsdp
 
 
 def to_json(c: ConfigDict) -> str:

@@ -39,21 +39,27 @@ RULES: dict[str, tuple[tuple[str, Any], ...]] = {
 }
 
 
-def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
-  """Mesh over ("data", "fsdp", "tensor"); one size may be -1 (= all remaining devices)."""
-  devices = list(jax.devices() if devices is None else devices)
+def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, int, int]:
+  """(data, fsdp, tensor) sizes for `num_devices`; one size may be -1 (= all remaining devices)."""
   shape = list(shape)
   if len(shape) != 3 or shape.count(-1) > 1:
     raise ValueError(f"mesh shape {shape} must have 3 sizes (data, fsdp, tensor) with at most one -1")
   known = int(np.prod([s for s in shape if s != -1]))
   if -1 in shape:
-    if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices do not divide into mesh {shape}")
-    shape[shape.index(-1)] = len(devices) // known
-  if int(np.prod(shape)) != len(devices):
-    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {len(devices)}")
+    if num_devices % known:
+      raise ValueError(f"{num_devices} devices do not divide into mesh {shape}")
+    shape[shape.index(-1)] = num_devices // known
+  if int(np.prod(shape)) != num_devices:
+    raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, have {num_devices}")
+  return tuple(shape)
+
+
+def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
+  """Mesh over ("data", "fsdp", "tensor"); one size may be -1 (= all remaining devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = mesh_shape(shape, len(devices))
   # Auto axes: XLA's sharding propagation fills in what the logical constraints leave open.
-  return jax.make_mesh(tuple(shape), MESH_AXES, devices=devices,
+  return jax.make_mesh(shape, MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 

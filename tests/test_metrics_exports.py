@@ -98,6 +98,9 @@ def test_colorize_marks_invalid_black():
 
 
 def test_text_answers_score_parse_failures_as_zero():
-  scores = metrics.text_answers([2.0, None, 3.0, 1.0], np.array([2.1, 1.0, 2.0, 1.0]))
+  per = metrics.text_answers([2.0, None, 3.0, 1.0, 7.0], np.array([2.1, 1.0, 2.0, 1.0, 7.0]),
+                             np.array([1.0, 1.0, 1.0, 1.0, 0.0]))  # the last was a skipped record
+  scores = metrics.average(per)
   assert scores["delta1"] == pytest.approx(0.5)  # 2.0~2.1 and 1.0 correct; 3.0 vs 2.0 and the failure not
-  assert scores["parsed"] == pytest.approx(0.75) and scores["count"] == 4
+  assert scores["parsed"] == pytest.approx(0.75) and int(np.isfinite(per["delta1"]).sum()) == 4
+  assert np.isnan(per["abs_rel"][1]) and per["abs_rel"][2] == pytest.approx(0.5)

@@ -155,3 +155,43 @@ def test_bad_configs_fail_at_start_naming_the_key(key, value, match):
   node[leaf] = value
   with pytest.raises(experiment.ConfigError, match=match):
     experiment.build(c, num_devices=4)
+
+
+def test_init_from_a_qwen3_vl_checkpoint_keeps_its_weights_and_starts_the_head_fresh(tmp_path):
+  from depthvlm_jax import save_pretrained
+  from depthvlm_jax.train import trainer
+  c = tiny_config()
+  exp = experiment.build(c)
+  backbone = exp.model.replace(depth_head=None)
+  weights = pretrained.init_params(backbone, seed=7)
+  save_pretrained(str(tmp_path / "qwen"), DepthVLM(backbone), weights)
+  c.model.init_from = str(tmp_path / "qwen")
+  exp = experiment.build(c)
+  mesh = sharding.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  shardings = sharding.param_shardings(pretrained.abstract_params(exp.model), mesh, "fsdp")
+  params = trainer.init_params(exp, shardings)
+  for k, v in flatten(weights).items():
+    np.testing.assert_array_equal(np.asarray(flatten(params)[k]), np.asarray(v))
+  assert set(params["depth_head"]) == set(pretrained.init_params(exp.model)["depth_head"])
+  c.model.text.num_hidden_layers = 3  # another model than the checkpoint's
+  with pytest.raises(experiment.ConfigError, match="holds another model than config.model"):
+    trainer.init_params(experiment.build(c), None)
+
+
+def test_workdir_overwrite_removes_only_an_earlier_runs_own_files(tmp_path):
+  from depthvlm_jax import outputs
+  from depthvlm_jax.train import trainer
+  user = tmp_path / "user"
+  (user / "pictures").mkdir(parents=True)
+  (user / "pictures" / "holiday.png").write_bytes(b"mine")
+  with pytest.raises(outputs.OutputExistsError, match="pass --overwrite"):
+    trainer.check_workdir(str(user))
+  trainer.check_workdir(str(user), overwrite=True)
+  assert (user / "pictures" / "holiday.png").read_bytes() == b"mine"  # not ours: never removed
+  run = tmp_path / "run"
+  trainer.check_workdir(str(run))
+  (run / "results.json").write_text("{}")
+  with pytest.raises(outputs.OutputExistsError, match="holds an earlier run"):
+    trainer.check_workdir(str(run))
+  trainer.check_workdir(str(run), overwrite=True)
+  assert not (run / "results.json").exists()

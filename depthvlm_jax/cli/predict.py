@@ -19,7 +19,6 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from PIL import Image
 
 import depthvlm_jax as dvlm
 from depthvlm_jax import experiment, loading, outputs
@@ -28,7 +27,7 @@ from depthvlm_jax.data import shards
 from depthvlm_jax.data.records import RecordError
 from depthvlm_jax.eval import metrics
 from depthvlm_jax.infer import exports
-from depthvlm_jax.infer.predictor import DepthPredictor
+from depthvlm_jax.infer.predictor import DepthPredictor, resize_depth
 from depthvlm_jax.train import report
 
 FLAGS = flags.FLAGS
@@ -68,13 +67,6 @@ def _output_path(out: Path, key: str) -> Path:
   return out.joinpath(*parts).with_suffix(".npy") if parts else out / "_.npy"
 
 
-def _at_depth_size(pred: np.ndarray, depth_size) -> np.ndarray:
-  w, h = depth_size
-  if pred.shape == (h, w):
-    return pred
-  return np.asarray(Image.fromarray(pred, mode="F").resize((w, h), Image.BILINEAR), np.float32)
-
-
 def main(argv):
   del argv
   if FLAGS.batch_size <= 0:
@@ -100,7 +92,7 @@ def main(argv):
       path.parent.mkdir(parents=True, exist_ok=True)
       with outputs.atomic_file(path) as f:
         np.save(f, pred)
-      at_depth = _at_depth_size(pred, rec.depth_size)
+      at_depth = resize_depth(pred, rec.depth_size)
       if rec.depth is not None:
         dense.append(metrics.dense(at_depth[None], rec.depth[None], rec.valid_mask()[None]))
         if len(dense) <= FLAGS.pictures:

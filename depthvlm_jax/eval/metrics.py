@@ -40,13 +40,16 @@ def sparse(pred: np.ndarray, points: np.ndarray, points_valid: np.ndarray) -> di
   return _per_image(at, points[..., 2], points_valid)
 
 
-def text_answers(pred: list, gt: np.ndarray) -> dict[str, float]:
-  """DepthLM scoring: one parsed answer per image (None = parse failure, which scores 0)."""
+def text_answers(pred: list, gt: np.ndarray, weight: np.ndarray | None = None) -> dict[str, np.ndarray]:
+  """DepthLM scoring, per image: one parsed answer each (None = parse failure, which scores
+  delta1 0 as in the release, and has no AbsRel); NaN for skipped examples (weight 0)."""
+  scored = np.ones(len(pred), bool) if weight is None else np.asarray(weight) > 0
   parsed = np.array([p is not None for p in pred])
   values = np.array([p if p is not None else 0.0 for p in pred], np.float64)
-  per = _per_image(values[:, None], np.asarray(gt, np.float64)[:, None], np.ones((len(pred), 1), bool))
-  return {"delta1": float(np.mean(parsed & (per["delta1"] == 1.0))), "abs_rel": float(np.mean(per["abs_rel"][parsed]))
-          if parsed.any() else float("nan"), "parsed": float(np.mean(parsed)), "count": len(pred)}
+  per = _per_image(values[:, None], np.asarray(gt, np.float64)[:, None], (scored & parsed)[:, None])
+  nan = np.full(len(pred), np.nan)
+  return {"delta1": np.where(scored, np.where(parsed, per["delta1"], 0.0), nan),
+          "abs_rel": np.where(scored & parsed, per["abs_rel"], nan), "parsed": np.where(scored, parsed, nan)}
 
 
 def average(per_image: dict[str, np.ndarray], weight: np.ndarray | None = None) -> dict[str, float]:

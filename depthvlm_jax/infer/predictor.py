@@ -31,6 +31,14 @@ def window_starts(size: int, window: int) -> list[int]:
   return sorted({round(i * (size - window) / (n - 1)) for i in range(n)})
 
 
+def resize_depth(depth: np.ndarray, size_wh: Sequence[int]) -> np.ndarray:
+  """A float32 depth map bilinearly resized to (W, H); values stay metres."""
+  w, h = size_wh
+  if depth.shape == (h, w):
+    return depth
+  return np.asarray(Image.fromarray(depth, mode="F").resize((w, h), Image.BILINEAR), np.float32)
+
+
 class DepthPredictor:
   """`predict(rgb, intrinsics)` -> depth [H, W] in metres at the image's own size."""
 
@@ -78,10 +86,5 @@ class DepthPredictor:
         r0, c0, r1, c1 = max(top, 0), max(left, 0), min(top + self.hw[0], nh), min(left + self.hw[1], nw)
         total[k][r0:r1, c0:c1] += depth[j, r0 - top:r1 - top, c0 - left:c1 - left]
         count[k][r0:r1, c0:c1] += 1
-    out = []
-    for (rgb, _), t, n in zip(images, total, count):
-      canonical = (t / n).astype(np.float32)
-      h, w = rgb.shape[:2]
-      out.append(canonical if canonical.shape == (h, w) else
-                 np.asarray(Image.fromarray(canonical, mode="F").resize((w, h), Image.BILINEAR), np.float32))
-    return out
+    return [resize_depth((t / n).astype(np.float32), (rgb.shape[1], rgb.shape[0]))
+            for (rgb, _), t, n in zip(images, total, count)]

@@ -17,6 +17,7 @@ import numpy as np
 
 from depthvlm_jax.data import pipeline, text, transforms
 from depthvlm_jax.data.pipeline import TaskExample
+from depthvlm_jax.eval import metrics
 from depthvlm_jax.infer.generate import generate
 from depthvlm_jax.tasks.text_terms import TEXT_TERMS, text_terms
 from depthvlm_jax.train.step import pixels_on_device
@@ -78,7 +79,7 @@ class DepthLMTask:
       replies = [tok.decode(np.asarray(row), skip_special_tokens=True) for row in jax.device_get(out.tokens)]
       host = {k: np.asarray(jax.device_get(batch[k])) for k in ("query", "weight")}
       answers = [parse_answer(r) for r in replies]
-      return _point_metrics(answers, host["query"][:, 2], host["weight"]), {"replies": replies}
+      return metrics.text_answers(answers, host["query"][:, 2], host["weight"]), {"replies": replies}
 
     return evaluate
 
@@ -88,18 +89,4 @@ class DepthLMTask:
 
   @staticmethod
   def constant_metrics(value: float, batch: dict) -> dict[str, np.ndarray]:
-    return _point_metrics([value] * len(batch["weight"]), batch["query"][:, 2], batch["weight"])
-
-
-def _point_metrics(answers, gt: np.ndarray, weight: np.ndarray) -> dict[str, np.ndarray]:
-  """Per image: delta1 and abs_rel of the parsed answer (a parse failure scores delta1 0, as in
-  the release), NaN for skipped examples; `parsed` is 1 where a number was found."""
-  scored = weight > 0
-  parsed = np.array([a is not None for a in answers])
-  pred = np.array([a if a is not None else 0.0 for a in answers], np.float64)
-  gt = np.where(scored, gt, 1.0).astype(np.float64)
-  ratio = np.maximum(pred / gt, gt / np.maximum(pred, 1e-6))
-  nan = np.full(len(pred), np.nan)
-  return {"delta1": np.where(scored, parsed & (ratio < 1.25), nan),
-          "abs_rel": np.where(scored & parsed, np.abs(pred - gt) / gt, nan),
-          "parsed": np.where(scored, parsed, nan)}
+    return metrics.text_answers([value] * len(batch["weight"]), batch["query"][:, 2], batch["weight"])

@@ -41,8 +41,9 @@ def check_workdir(workdir: str, overwrite: bool = False) -> Path:
   With `overwrite`, an earlier run's own files are removed first; nothing else is touched."""
   path = Path(workdir)
   outputs.check_destination(path, KIND, overwrite, replaces="its checkpoints, logs and pictures are replaced")
-  earlier = [path / name for name in RUN_FILES if (path / name).exists()]
-  if earlier and outputs.read_marker(path) and not overwrite:
+  ours = (outputs.read_marker(path) or {}).get("kind") == KIND  # only then are these names our files
+  earlier = [path / name for name in RUN_FILES if ours and (path / name).exists()]
+  if earlier and not overwrite:
     step = checkpoint.latest_step(str(path))
     raise outputs.OutputExistsError(
         f"{workdir} holds an earlier run ({'checkpoint step ' + str(step) if step is not None else 'no checkpoint'}): "
@@ -73,14 +74,21 @@ def render_demo_data(c) -> None:
 
 
 def init_params(exp: experiment.Experiment, shardings):
-  """From the config's model.init_from (HF dir or a workdir), else random (from scratch)."""
+  """From the config's model.init_from (HF dir or a workdir), else random (from scratch). A
+  Qwen3-VL checkpoint has no depth head: the head then starts fresh (DepthVLM's stage 1)."""
+  fresh = jax.jit(lambda: pretrained.init_params(exp.model, seed=exp.config.seed), out_shardings=shardings)
   source = exp.config.model.init_from
-  if source:
-    model, params = loading.load_pretrained(source, shardings=shardings)
-    if model.cfg.replace(dtype=exp.model.dtype) != exp.model.replace(dtype=exp.model.dtype):
-      logging.warning("model.init_from=%s has another model config than the experiment's", source)
-    return params
-  return jax.jit(lambda: pretrained.init_params(exp.model, seed=exp.config.seed), out_shardings=shardings)()
+  if not source:
+    return fresh()
+  numerics = {k: getattr(exp.model, k) for k in ("dtype", "param_dtype", "remat_policy", "attention_impl")}
+  model, loaded = loading.load_pretrained(source, **numerics)
+  if model.cfg.replace(depth_head=exp.model.depth_head) != exp.model or (
+      model.cfg.depth_head is not None and model.cfg.depth_head != exp.model.depth_head):
+    raise experiment.ConfigError(f"config.model.init_from={source!r} holds another model than config.model "
+                                 f"(vision {model.cfg.vision}, text {model.cfg.text}, head {model.cfg.depth_head})")
+  if model.cfg.depth_head is None and exp.model.depth_head is not None:
+    loaded = {**loaded, "depth_head": fresh()["depth_head"]}
+  return jax.device_put(loaded, shardings)
 
 
 class Evaluator:
