@@ -1,7 +1,7 @@
 """Experiments: one ml_collections ConfigDict (configs/NAME.py:get_config(arg)) -> the library's
 frozen dataclasses, checked once, with errors that name the config key.
 
-Sections: task, model, data, eval, stages (run in order), mesh, checkpoint, log. The config
+Sections: task, model, data, eval, stages (run in order), mesh, checkpoint, log, distributed. The config
 files build them with the helpers below, so every experiment has the same keys, an unknown
 key fails at start (the dict is locked), and the resolved config is what a run writes into its
 workdir, which eval, predict and resume then read instead of re-declaring the facts as flags.
@@ -81,8 +81,16 @@ def base_config() -> ConfigDict:
   c.eval = ConfigDict(dict(sources=ConfigDict(), every_steps=0, batch_size=8, num_batches=4, pictures=4))
   c.stages = ConfigDict()
   c.mesh = ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
-  c.checkpoint = ConfigDict(dict(every_steps=0, keep=2))
-  c.log = ConfigDict(dict(every_steps=10, max_skipped_in_row=20))
+  # Checkpoints every `every_steps` and at each stage's end; the last `keep` are kept, and every
+  # `keep_every`-th step besides (0: none).
+  c.checkpoint = ConfigDict(dict(every_steps=0, keep=2, keep_every=0))
+  # batch_crc32: log a checksum of each logged batch's images (to check that a resumed run reads
+  # the same batches as an uninterrupted one).
+  c.log = ConfigDict(dict(every_steps=10, max_skipped_in_row=20, batch_crc32=False))
+  # Multi-host: `enabled` calls jax.distributed.initialize() before anything else, with the
+  # coordinator given here or, when it is empty, detected from the cluster (TPU pod, SLURM,
+  # Open MPI, Kubernetes).
+  c.distributed = ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
   return c
 
 
@@ -217,6 +225,14 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
   if c.data.train:
     sources(c.data.train, "data.train")
   return Experiment(c, task, model, stages)
+
+
+def init_distributed(c: ConfigDict) -> None:
+  """Joins the multi-host job when config.distributed.enabled (before any other JAX work)."""
+  d = c.distributed
+  if d.enabled:
+    sharding.init_distributed(d.coordinator_address or None, d.num_processes or None,
+                              d.process_id if d.process_id >= 0 else None)
 
 
 def _batch_devices(shape, num_devices: int) -> int:

@@ -106,12 +106,10 @@ def sharded_fraction(params) -> float:
 
 def init_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None) -> None:
-  """Multi-host start-up; call before any other JAX work. With no arguments JAX detects the
-  cluster (TPU pods, SLURM, Open MPI, Kubernetes); a single-process run stays single-process."""
-  if coordinator_address is not None:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
-    return
+  """Multi-host start-up; call before any other JAX work. Without a coordinator JAX detects the
+  cluster (TPU pods, SLURM, Open MPI, Kubernetes), and fails when there is none."""
   try:
-    jax.distributed.initialize()
-  except (ValueError, RuntimeError):
-    pass  # no cluster environment detected: one process
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (ValueError, RuntimeError) as e:
+    raise RuntimeError(f"jax.distributed.initialize failed ({e}): give distributed.coordinator_address, "
+                       "num_processes and process_id, or run inside a cluster that JAX detects") from e

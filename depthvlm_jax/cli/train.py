@@ -5,6 +5,8 @@
 
 Every setting comes from the config (`--config.KEY=VALUE` overrides; an unknown key fails at
 start); the resolved config is written to WORKDIR/experiment.json for eval, predict and resume.
+Run again, the same command resumes from the workdir's latest committed checkpoint; SIGTERM
+saves at the current step and exits 0.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ flags.mark_flag_as_required("config")
 
 def main(argv):
   del argv
+  experiment.init_distributed(CONFIG.value)
   exp = experiment.build(CONFIG.value, num_devices=jax.device_count())
   result = trainer.run(exp, FLAGS.workdir, overwrite=FLAGS.overwrite)
   print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}, indent=2))

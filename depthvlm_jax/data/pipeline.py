@@ -211,8 +211,9 @@ def build(cfg: PipelineConfig, process_index: Optional[int] = None, process_coun
       ds = ds.shuffle(seed=cfg.seed + 7919 * k)
     datasets.append(ds.repeat(cfg.num_epochs))
   ds = datasets[0] if len(datasets) == 1 else grain.MapDataset.mix(datasets, [s.weight for s in cfg.sources])
-  ds = ds[pi::pc]
-  ds = ds.random_map(ExampleFn(cfg), seed=cfg.seed)
+  # Examples are made (with their random augmentation) by their global index, then split over
+  # processes: the global batch is the same set of examples whatever the process count.
+  ds = ds.random_map(ExampleFn(cfg), seed=cfg.seed)[pi::pc]
   ds = ds.batch(cfg.batch_size // pc, drop_remainder=cfg.train)  # evaluation scores every record
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.read_threads, prefetch_buffer_size=cfg.prefetch_batches))
   if cfg.worker_count:

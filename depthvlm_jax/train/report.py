@@ -39,7 +39,9 @@ def _json_number(value):
 class MetricWriter:
   """Scalars to metrics.jsonl and TensorBoard, images to TensorBoard; a no-op when disabled."""
 
-  def __init__(self, workdir: os.PathLike | str, enabled: bool = True):
+  def __init__(self, workdir: os.PathLike | str, enabled: bool = True, resume_step: Optional[int] = None):
+    """`resume_step`: the run goes on from this step's checkpoint, so the lines a killed run wrote
+    after it are dropped (their steps are trained again)."""
     self.enabled = enabled
     self.path = Path(workdir) / METRICS_FILE
     self._jsonl: Optional[TextIO] = None
@@ -48,6 +50,8 @@ class MetricWriter:
       return
     Path(workdir).mkdir(parents=True, exist_ok=True)
     _drop_partial_line(self.path)
+    if resume_step is not None:
+      _drop_after(self.path, resume_step)
     self._jsonl = open(self.path, "a", encoding="utf-8")
     self._tb = _summary_writer_class()(logdir=str(Path(workdir) / TENSORBOARD_DIR))
 
@@ -121,6 +125,14 @@ def _drop_partial_line(path: Path) -> None:
         f.truncate(data.rfind(b"\n") + 1)
   except FileNotFoundError:
     pass
+
+
+def _drop_after(path: Path, step: int) -> None:
+  if path.exists():
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if json.loads(line)["step"] <= step]
+    with outputs.atomic_file(path, "w") as f:
+      f.writelines(kept)
 
 
 def read_metrics(path: os.PathLike | str) -> list[dict]:

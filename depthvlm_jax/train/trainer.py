@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import zlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+import flax.linen as nn
 
 import jax
 import numpy as np
@@ -22,7 +25,7 @@ from depthvlm_jax.convert import pretrained
 from depthvlm_jax.data import pipeline, shards, synthetic, text
 from depthvlm_jax.infer import exports
 from depthvlm_jax.model.vlm import DepthVLM
-from depthvlm_jax.train import checkpoint, flops, report, step as step_lib
+from depthvlm_jax.train import checkpoint, flops, preemption, report, step as step_lib
 
 KIND = "train"  # the outputs marker of a workdir
 RESULTS = "results.json"
@@ -34,28 +37,75 @@ class TrainingError(RuntimeError):
 
 RUN_FILES = (checkpoint.DIR, report.METRICS_FILE, report.TENSORBOARD_DIR, "pictures", RESULTS, "loss_curve.png",
              experiment.CONFIG_FILE)
+# What a resumed run must share with the run that wrote its checkpoints: the saved parameters,
+# optimizer and data-iterator states mean nothing otherwise. The mesh, evaluation, logging and
+# checkpoint settings may change (a checkpoint restores onto any mesh).
+SAME_ON_RESUME = ("task", "task_options", "seed", "model", "data", "stages")
 
 
-def check_workdir(workdir: str, overwrite: bool = False) -> Path:
-  """The workdir exists, is writable and holds no other run (fails at start, not after stage 1).
-  With `overwrite`, an earlier run's own files are removed first; nothing else is touched."""
+def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Optional[checkpoint.Position]]:
+  """Checks the workdir at start (not after stage 1) and returns it with the checkpoint to
+  resume from: the same command run again goes on from the latest committed checkpoint of the
+  same experiment. With `overwrite`, an earlier run's own files are removed and the run starts
+  over; nothing else in the directory is touched."""
   path = Path(workdir)
   outputs.check_destination(path, KIND, overwrite, replaces="its checkpoints, logs and pictures are replaced")
   ours = (outputs.read_marker(path) or {}).get("kind") == KIND  # only then are these names our files
   earlier = [path / name for name in RUN_FILES if ours and (path / name).exists()]
+  resume = None
   if earlier and not overwrite:
-    step = checkpoint.latest_step(str(path))
-    raise outputs.OutputExistsError(
-        f"{workdir} holds an earlier run ({'checkpoint step ' + str(step) if step is not None else 'no checkpoint'}): "
-        "resuming is not supported yet; choose a new --workdir, or pass --overwrite to train it again from the start")
+    resume = checkpoint.latest(str(path))
+    _check_same_experiment(path, c, resume)
+    if resume is not None and resume.processes != jax.process_count():
+      raise experiment.ConfigError(
+          f"{path}: checkpoint step {resume.step} was saved by {resume.processes} processes, this run has "
+          f"{jax.process_count()}: its data-iterator states fit only {resume.processes}; resume with as many, or "
+          f"start a new run from it with --config.model.init_from={path}")
+    earlier = [] if resume else earlier  # no checkpoint yet: the same run starts again
   try:
     path.mkdir(parents=True, exist_ok=True)
     for old in earlier:
       shutil.rmtree(old) if old.is_dir() else old.unlink()
     outputs.write_marker(path, KIND)
+    with outputs.atomic_file(path / experiment.CONFIG_FILE, "w") as f:
+      f.write(experiment.to_json(c))
   except OSError as e:
     raise OSError(f"workdir {workdir} is not writable ({e.strerror or e}): choose another --workdir") from e
-  return path
+  return path, resume
+
+
+def _check_same_experiment(path: Path, c, resume: Optional[checkpoint.Position]) -> None:
+  saved_file = path / experiment.CONFIG_FILE
+  at = f"checkpoint step {resume.step}" if resume else "no checkpoint"
+  if not saved_file.is_file():
+    raise outputs.OutputExistsError(f"{path} holds an earlier run ({at}) without its {experiment.CONFIG_FILE}: "
+                                    "choose a new --workdir, or pass --overwrite to train again from the start")
+  saved = json.loads(saved_file.read_text(encoding="utf-8"))
+  now = json.loads(experiment.to_json(c))
+  for section in SAME_ON_RESUME:
+    key = _first_difference(saved.get(section), now.get(section), section)
+    if key is not None and key != "model.init_from":
+      old, new = _lookup(saved, key), _lookup(now, key)
+      raise experiment.ConfigError(
+          f"config.{key}={new!r} but the run in {path} ({at}) has {old!r}: resuming needs the same experiment "
+          "(the saved parameters, optimizer and data-iterator states fit only it); use the run's setting, "
+          "choose a new --workdir, or pass --overwrite to train again from the start")
+
+
+def _first_difference(a, b, key: str) -> Optional[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    for k in sorted(set(a) | set(b)):
+      found = _first_difference(a.get(k), b.get(k), f"{key}.{k}")
+      if found is not None:
+        return found
+    return None
+  return None if a == b else key
+
+
+def _lookup(tree, key: str):
+  for part in key.split("."):
+    tree = tree.get(part) if isinstance(tree, dict) else None
+  return tree
 
 
 def render_demo_data(c) -> None:
@@ -134,30 +184,46 @@ def training_median(exp: experiment.Experiment, stage: experiment.Stage, batches
 
 
 def run(exp: experiment.Experiment, workdir: str, overwrite: bool = False) -> dict[str, Any]:
-  """Trains every stage of the experiment; returns the final eval metrics (also in results.json)."""
+  """Trains every stage of the experiment, or goes on from the workdir's latest checkpoint of the
+  same experiment; returns the final eval metrics (also in results.json). A SIGTERM saves at the
+  current step and returns {"preempted_at_step": N} early."""
   c = exp.config
-  path = check_workdir(workdir, overwrite)
-  (path / experiment.CONFIG_FILE).write_text(experiment.to_json(c))
+  path, resume = prepare_workdir(workdir, c, overwrite)
+  if resume is not None:
+    print(f"resuming {path} from checkpoint step {resume.step} ({resume.stage}, step {resume.stage_step})", flush=True)
   render_demo_data(c)
   mesh = sharding.make_mesh(tuple(c.mesh.shape))
   model = DepthVLM(exp.model)
   lead = jax.process_index() == 0
-  writer = report.MetricWriter(path, enabled=lead)
-  mngr = checkpoint.manager(str(path), keep=c.checkpoint.keep)
   param_shardings = sharding.param_shardings(pretrained.abstract_params(exp.model), mesh, c.mesh.rules)
-  params = init_params(exp, param_shardings)
+  first, params, global_step = 0, None, 0
+  if resume is not None:
+    first = [s.name for s in exp.stages].index(resume.stage)
+    global_step = sum(s.steps for s in exp.stages[:first])
+    if resume.stage_step == exp.stages[first].steps:  # saved at the stage's end: the next one starts from it
+      abstract = checkpoint.abstract_like(nn.unbox(pretrained.abstract_params(exp.model)), param_shardings)
+      params, _ = checkpoint.restore_params(str(path), abstract, resume.step)
+      first, global_step, resume = first + 1, resume.step, None
+  if first == len(exp.stages) and (path / RESULTS).is_file():
+    print(f"{path} finished training at step {global_step}; its results are in {path / RESULTS}", flush=True)
+    return json.loads((path / RESULTS).read_text(encoding="utf-8"))
+  if params is None and resume is None:  # a new run
+    params = init_params(exp, param_shardings)
+  writer = report.MetricWriter(path, enabled=lead, resume_step=None if resume is None else resume.step)
+  mngr = checkpoint.manager(str(path), keep=c.checkpoint.keep, keep_every=c.checkpoint.keep_every)
   evaluator = Evaluator(exp, model, mesh, training_median(exp, exp.stages[0])) if c.eval.sources else None
-  global_step, result, state = 0, {}, None
+  result = {}
   try:
-    for stage in exp.stages:
-      state, global_step, result = _run_stage(exp, stage, model, mesh, params, writer, mngr, evaluator, global_step,
-                                              path)
-      params = state.params
+    with preemption.Preemption(mngr) as stop:
+      for k in range(first, len(exp.stages)):
+        run_stage = _StageRun(exp, exp.stages[k], model, mesh, mngr, writer, evaluator, path, stop)
+        params, global_step, result = run_stage(params, global_step, resume if k == first else None)
+        if run_stage.preempted:
+          mngr.wait_until_finished()
+          print(f"preempted: saved checkpoint step {global_step}; run the same command to resume", flush=True)
+          return {"preempted_at_step": global_step}
     if evaluator is not None:
       result = _evaluate(evaluator, params, writer, global_step, path, "final")
-    if not (c.checkpoint.every_steps and global_step % c.checkpoint.every_steps == 0):  # else saved already
-      checkpoint.save(mngr, global_step, state.params, state.opt_state,
-                      {"step": global_step, "stage": exp.stages[-1].name})
     mngr.wait_until_finished()
   finally:
     writer.close()
@@ -168,56 +234,95 @@ def run(exp: experiment.Experiment, workdir: str, overwrite: bool = False) -> di
   return result
 
 
-def _run_stage(exp, stage, model, mesh, params, writer, mngr, evaluator, global_step, path):
-  c = exp.config
-  cfg = stage.step
-  logging.info("stage %s: %d steps of %d images, training %s", stage.name, stage.steps, stage.batch_size,
-               list(cfg.optimizer.trainable))
-  shardings = step_lib.state_shardings(model, mesh, c.mesh.rules, cfg)
-  state = jax.jit(lambda p: step_lib.init_state(p, cfg), out_shardings=shardings)(params)
-  train_step = step_lib.jit_step(step_lib.make_step(model, exp.task, cfg), shardings, mesh)
-  data_cfg = exp.train_pipeline(stage)
-  seq_len = pipeline.sequence_length(data_cfg, text.load_tokenizer(c.data.tokenizer))
-  step_flops = flops.step_flops(model, stage.batch_size, tuple(c.data.image_hw), seq_len, cfg.optimizer.trainable,
-                                with_depth="depth" in {k for k, w in cfg.loss_weights.items() if w})
-  peak = flops.peak_flops()
-  progress = report.Progress(stage.steps, every=c.log.every_steps, batch_size=stage.batch_size,
-                             enabled=jax.process_index() == 0)
-  data = iter(pipeline.build(data_cfg))
-  result, skipped_records, window_start, window_steps = {}, 0, time.time(), 0
-  for i in range(1, stage.steps + 1):
-    host = next(data)
-    skipped_records += pipeline.skipped_in(host)
-    with sharding.use_mesh(mesh, c.mesh.rules):
-      state, metrics = train_step(state, pipeline.to_global(host, mesh))
-    global_step += 1
-    window_steps += 1
-    if i % c.log.every_steps == 0 or i == stage.steps:
-      metrics = jax.device_get(metrics)
-      elapsed = time.time() - window_start
-      rate = window_steps / max(elapsed, 1e-9)
-      scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
-      scalars.update({"steps_per_s": rate, "images_per_s": rate * stage.batch_size,
-                      "tokens_per_s": rate * float(np.sum(host["attention_mask"])) * jax.process_count(),
-                      "skipped_updates": int(state.skipped), "skipped_records": skipped_records,
-                      "model_tflops_per_step": step_flops.train / 1e12})
-      if peak:
-        scalars["mfu"] = step_flops.train * rate / peak
-      writer.write_scalars(global_step, {f"{stage.name}/{k}" if k.startswith("loss") else k: v
-                                         for k, v in scalars.items()})
-      progress.update(i, loss=scalars["loss"], lr=scalars["lr"])
-      window_start, window_steps = time.time(), 0
-      if int(state.skipped_in_row) > c.log.max_skipped_in_row:
-        raise TrainingError(f"stage {stage.name}: {int(state.skipped_in_row)} updates in a row had a non-finite "
-                            "loss or gradient: lower stages.*.lr, check the data (depthvlm-data show), or raise "
-                            "log.max_skipped_in_row")
-    if evaluator is not None and c.eval.every_steps and i % c.eval.every_steps == 0 and i != stage.steps:
-      result = _evaluate(evaluator, state.params, writer, global_step, path, f"{stage.name}_{i}")
-    if c.checkpoint.every_steps and global_step % c.checkpoint.every_steps == 0:
-      checkpoint.save(mngr, global_step, state.params, state.opt_state, {"step": global_step, "stage": stage.name})
-  if evaluator is not None and len(exp.stages) > 1:
-    result = _evaluate(evaluator, state.params, writer, global_step, path, f"{stage.name}_end")
-  return state, global_step, result
+class _StageRun:
+  """One stage: its optimizer state, pipeline and jitted step; from the stage's start or from a
+  checkpoint inside it. Saves every checkpoint.every_steps and at the stage's end."""
+
+  def __init__(self, exp, stage, model, mesh, mngr, writer, evaluator, path: Path, stop):
+    self.exp, self.stage, self.model, self.mesh, self.mngr = exp, stage, model, mesh, mngr
+    self.writer, self.evaluator, self.path, self.stop = writer, evaluator, path, stop
+    self.preempted = False
+
+  def _initial_state(self, params, shardings, data, resume: Optional[checkpoint.Position]):
+    cfg = self.stage.step
+    if resume is None:
+      return jax.jit(lambda p: step_lib.init_state(p, cfg), out_shardings=shardings)(params), 0
+    abstract = jax.eval_shape(lambda p: step_lib.init_state(p, cfg), nn.unbox(pretrained.abstract_params(self.exp.model)))
+    params, opt_state = checkpoint.restore(self.mngr, resume.step, checkpoint.abstract_like(abstract, shardings), data)
+    counter = lambda v: jax.device_put(np.int32(v), shardings.step)
+    state = step_lib.TrainState(counter(resume.stage_step), params, opt_state, counter(resume.skipped),
+                                counter(resume.skipped_in_row))
+    return state, resume.skipped_records
+
+  def __call__(self, params, global_step: int, resume: Optional[checkpoint.Position]):
+    exp, stage, mesh, c = self.exp, self.stage, self.mesh, self.exp.config
+    cfg = stage.step
+    start = 0 if resume is None else resume.stage_step
+    logging.info("stage %s: steps %d to %d of %d images, training %s", stage.name, start + 1, stage.steps,
+                 stage.batch_size, list(cfg.optimizer.trainable))
+    shardings = step_lib.state_shardings(self.model, mesh, c.mesh.rules, cfg)
+    data_cfg = exp.train_pipeline(stage)
+    data = iter(pipeline.build(data_cfg))
+    state, skipped_records = self._initial_state(params, shardings, data, resume)
+    train_step = step_lib.jit_step(step_lib.make_step(self.model, exp.task, cfg), shardings, mesh)
+    seq_len = pipeline.sequence_length(data_cfg, text.load_tokenizer(c.data.tokenizer))
+    step_flops = flops.step_flops(self.model, stage.batch_size, tuple(c.data.image_hw), seq_len,
+                                  cfg.optimizer.trainable,
+                                  with_depth="depth" in {k for k, w in cfg.loss_weights.items() if w})
+    peak = flops.peak_flops()
+    progress = report.Progress(stage.steps, every=c.log.every_steps, batch_size=stage.batch_size, start_step=start,
+                               enabled=jax.process_index() == 0)
+    result, window_start, window_steps, saved = {}, time.time(), 0, None
+
+    def save(i):
+      checkpoint.save(self.mngr, state, checkpoint.Position(global_step, stage.name, i, int(state.skipped),
+                                                            int(state.skipped_in_row), skipped_records,
+                                                            jax.process_count()), data)
+      return global_step
+
+    try:
+      for i in range(start + 1, stage.steps + 1):
+        host = next(data)
+        skipped_records += pipeline.skipped_in(host)
+        with sharding.use_mesh(mesh, c.mesh.rules):
+          state, metrics = train_step(state, pipeline.to_global(host, mesh))
+        global_step += 1
+        window_steps += 1
+        if i % c.log.every_steps == 0 or i == stage.steps:
+          metrics = jax.device_get(metrics)
+          elapsed = time.time() - window_start
+          rate = window_steps / max(elapsed, 1e-9)
+          scalars = {k: float(v) for k, v in metrics.items() if k != "finite"}
+          scalars.update({"steps_per_s": rate, "images_per_s": rate * stage.batch_size,
+                          "tokens_per_s": rate * float(np.sum(host["attention_mask"])) * jax.process_count(),
+                          "skipped_updates": int(state.skipped), "skipped_records": skipped_records,
+                          "model_tflops_per_step": step_flops.train / 1e12})
+          if c.log.batch_crc32:
+            scalars["batch_crc32"] = zlib.crc32(np.ascontiguousarray(host["image"]).tobytes())
+          if peak:
+            scalars["mfu"] = step_flops.train * rate / peak
+          self.writer.write_scalars(global_step, {f"{stage.name}/{k}" if k.startswith("loss") else k: v
+                                                  for k, v in scalars.items()})
+          progress.update(i, loss=scalars["loss"], lr=scalars["lr"])
+          window_start, window_steps = time.time(), 0
+          if int(state.skipped_in_row) > c.log.max_skipped_in_row:
+            raise TrainingError(f"stage {stage.name}: {int(state.skipped_in_row)} updates in a row had a non-finite "
+                                "loss or gradient: lower stages.*.lr, check the data (depthvlm-data show), or raise "
+                                "log.max_skipped_in_row")
+        if (c.checkpoint.every_steps and global_step % c.checkpoint.every_steps == 0) or i == stage.steps:
+          saved = save(i)
+        if self.stop.reached(global_step):
+          if saved != global_step:
+            save(i)
+          self.preempted = True
+          return state.params, global_step, result
+        if self.evaluator is not None and c.eval.every_steps and i % c.eval.every_steps == 0 and i != stage.steps:
+          result = _evaluate(self.evaluator, state.params, self.writer, global_step, self.path, f"{stage.name}_{i}")
+    finally:
+      data.close()
+    if self.evaluator is not None and stage is not exp.stages[-1]:  # the last one's is the final evaluation
+      result = _evaluate(self.evaluator, state.params, self.writer, global_step, self.path, f"{stage.name}_end")
+    return state.params, global_step, result
 
 
 def _evaluate(evaluator, params, writer, step, path: Path, tag: str) -> dict[str, float]:
