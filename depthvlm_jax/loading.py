@@ -1,7 +1,9 @@
-"""`load_pretrained`: one entry for a Hugging Face directory or a training workdir.
+"""`load_pretrained`: one entry for a Hugging Face directory, a training workdir, or one
+checkpoint of a workdir.
 
 A workdir (it holds the run's experiment.json) loads its latest committed checkpoint with the
-run's own model config; anything else is read as a Hugging Face Qwen3-VL / DepthVLM directory.
+run's own model config, WORKDIR/checkpoints/STEP that step's; anything else is read as a Hugging
+Face Qwen3-VL / DepthVLM directory.
 """
 
 from __future__ import annotations
@@ -28,14 +30,30 @@ def experiment_config(path: str) -> Optional[ConfigDict]:
     return experiment.from_json(f.read())
 
 
+def _checkpoint_of_workdir(path: str, step: Optional[int]) -> tuple[str, Optional[int]]:
+  """WORKDIR/checkpoints/STEP -> (WORKDIR, STEP); any other path is returned as it is."""
+  parent = os.path.dirname(os.path.normpath(path))
+  name = os.path.basename(os.path.normpath(path))
+  if os.path.basename(parent) == checkpoint.DIR and name.isdigit() and experiment_config(os.path.dirname(parent)):
+    if step is not None and step != int(name):
+      raise ValueError(f"{path} is checkpoint step {name}, but step={step} was asked for")
+    return os.path.dirname(parent), int(name)
+  return path, step
+
+
 def load_pretrained(path: str, *, shardings=None, step: Optional[int] = None, **overrides: Any) -> tuple[DepthVLM, dict]:
-  """(model, params) from a workdir (latest committed checkpoint, or `step`) or an HF directory.
+  """(model, params) from a workdir (latest committed checkpoint, or `step`), a checkpoint
+  directory in one, or an HF directory.
 
   `overrides` replace ModelConfig fields (dtype, remat_policy, ...); `shardings` (a tree like the
   params) places each tensor on its devices as it is read.
   """
+  path, step = _checkpoint_of_workdir(path, step)
   config = experiment_config(path)
   if config is None:
+    if step is not None:
+      raise ValueError(f"{path} is not a training workdir (no {experiment.CONFIG_FILE}): step={step} selects a "
+                       "checkpoint of one")
     return pretrained.load_pretrained(path, shardings=shardings, **overrides)
   cfg = experiment.model_config(config).replace(**overrides)
   abstract = nn.unbox(pretrained.abstract_params(cfg))

@@ -94,6 +94,15 @@ def param_shardings(boxed_abstract_params, mesh: Mesh, rules: str | Sequence = "
                       mesh_specs, unboxed, is_leaf=lambda s: isinstance(s, P))
 
 
+def to_host(x: jax.Array) -> np.ndarray:
+  """The whole of a global array as numpy on every process (gathered when other processes hold
+  parts of it)."""
+  if x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def sharded_fraction(params) -> float:
   """Fraction of parameter bytes that are split across devices (not replicated)."""
   total = split = 0

@@ -106,8 +106,9 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
     assert (run / name).is_file(), name
   steps = [json.loads(l)["step"] for l in (run / "metrics.jsonl").read_text().splitlines() if "loss" in l]
   assert steps[-1] == 5 and len(list((run / "pictures").glob("*.png"))) >= 1
-  again = cli("train", "--config=configs/demo.py", f"--workdir={run}", *short, cwd=REPO)
-  assert again.returncode == 2 and "holds an earlier run (checkpoint step 5)" in error_line(again)
+  again = cli("train", "--config=configs/demo.py", f"--workdir={run}", "--config.stages.stage2.lr=0.5", *short, cwd=REPO)
+  assert again.returncode == 2 and "config.stages.stage2.lr=0.5 but the run in" in error_line(again)
+  check_export_to_transformers(run, tmp_path / "hf")
   w = ArrayRecordWriter(str(data / "eval" / "broken-00000-of-00001.array_record"), shards.WRITER_OPTIONS)
   w.write(b"not a record")
   w.close()
@@ -126,3 +127,27 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
   assert bad.returncode == 2 and "nothing could be scored" in error_line(bad)
   result = json.loads((tmp_path / "pred" / "metrics.json").read_text())
   assert result["images_scored"] == 0 and result["images_skipped"] == 1
+
+
+def check_export_to_transformers(workdir, hf_dir):
+  """A trained run exported with depthvlm-convert: transformers loads it with the project's
+  logits, its depth_head.* tensors are there, and importing it again gives the same bytes."""
+  from hf_utils import hf_inputs, make_batch, torch, transformers  # torch: test-only
+  import jax
+  import depthvlm_jax as dvlm
+  from depthvlm_jax.convert import safetensors_io
+
+  export = cli("convert", f"--src={workdir}", f"--dst={hf_dir}")
+  assert export.returncode == 0, export.stderr
+  model, params = dvlm.load_pretrained(str(workdir))
+  assert any(k.startswith("depth_head.") for k in safetensors_io.tensor_shapes(str(hf_dir)))
+  hf = transformers.Qwen3VLForConditionalGeneration.from_pretrained(hf_dir, attn_implementation="eager").eval()
+  ids, mask, pixels = make_batch(model.cfg)
+  with torch.no_grad():
+    ref = hf(**hf_inputs(model.cfg, ids, mask, pixels)).logits.numpy()
+  ours = np.asarray(model.apply({"params": params}, ids, pixels, mask).logits)
+  valid = mask.astype(bool)
+  assert ref[valid].std() > 0.1 and np.abs(ours[valid] - ref[valid]).max() <= 1e-4
+  _, again = dvlm.load_pretrained(str(hf_dir))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a).view(np.uint8), np.asarray(b).view(np.uint8)),
+               again, params)

@@ -3,6 +3,8 @@
   depthvlm-convert --src=/ckpt/DepthVLM-4B --dst=/ckpt/DepthVLM-4B-bf16 --dtype=bfloat16
   depthvlm-convert --preset=tiny --dst=out/tiny          # random weights, for demos and tests
   depthvlm-convert --src=/ckpt/X --dst=/ckpt/X --dtype=bfloat16 --overwrite   # in place
+  depthvlm-convert --src=out/demo --dst=out/demo_hf    # a training run's latest checkpoint
+  depthvlm-convert --src=out/demo --step=150 --dst=out/demo_hf_150   # or out/demo/checkpoints/150
 
 Every conversion goes HF -> project params -> HF through the same key table, so a converted
 directory is proof that the project reads the checkpoint completely. A --dst that holds
@@ -23,7 +25,9 @@ from depthvlm_jax.cli import runner
 from depthvlm_jax.convert import pretrained
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("src", None, "Hugging Face Qwen3-VL / DepthVLM directory to read.")
+flags.DEFINE_string("src", None, "Hugging Face Qwen3-VL / DepthVLM directory, training workdir (its latest "
+                    "checkpoint), or one checkpoint of a workdir (WORKDIR/checkpoints/STEP) to read.")
+flags.DEFINE_integer("step", None, "With a workdir --src: the checkpoint step to export (default: the latest).")
 flags.DEFINE_string("preset", None, "Instead of --src: random-initialise this preset (tiny, 2b, 4b, 8b).")
 flags.DEFINE_string("dst", None, "Output directory: new, empty, or an earlier export.", required=True)
 flags.DEFINE_bool("overwrite", False, "Write into a --dst that holds other files (its config.json and weights "
@@ -38,13 +42,15 @@ def main(argv):
   del argv
   if (FLAGS.src is None) == (FLAGS.preset is None):
     raise app.UsageError("give exactly one of --src (convert a checkpoint) or --preset (random init)")
+  if FLAGS.step is not None and FLAGS.src is None:
+    raise app.UsageError("--step selects a checkpoint of a training workdir given as --src")
   if FLAGS.max_shard_mb <= 0:
     raise app.UsageError(f"--max_shard_mb={FLAGS.max_shard_mb} must be positive")
   pretrained.check_destination(FLAGS.dst, FLAGS.overwrite)  # before minutes of reading
   start = time.time()
   overrides = {"depth_head": None} if FLAGS.drop_depth_head else {}
   if FLAGS.src:
-    model, params = dvlm.load_pretrained(FLAGS.src, **overrides)
+    model, params = dvlm.load_pretrained(FLAGS.src, step=FLAGS.step, **overrides)
   else:
     cfg = dvlm.get_config(FLAGS.preset, **overrides)
     model, params = dvlm.DepthVLM(cfg), dvlm.init_params(cfg, seed=FLAGS.seed)

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from depthvlm_jax import sharding
 from depthvlm_jax.data import pipeline, text, transforms
 from depthvlm_jax.data.pipeline import TaskExample
 from depthvlm_jax.eval import metrics
@@ -76,8 +77,8 @@ class DepthLMTask:
       ids = jnp.broadcast_to(jnp.asarray(prompt), (images.shape[0], len(prompt)))
       out = generate(model, params, ids, pixels_on_device(images), max_new_tokens=longest,
                      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id)
-      replies = [tok.decode(np.asarray(row), skip_special_tokens=True) for row in jax.device_get(out.tokens)]
-      host = {k: np.asarray(jax.device_get(batch[k])) for k in ("query", "weight")}
+      replies = [tok.decode(np.asarray(row), skip_special_tokens=True) for row in sharding.to_host(out.tokens)]
+      host = {k: sharding.to_host(batch[k]) for k in ("query", "weight")}
       answers = [parse_answer(r) for r in replies]
       return metrics.text_answers(answers, host["query"][:, 2], host["weight"]), {"replies": replies}
 

@@ -12,6 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from depthvlm_jax import sharding
 from depthvlm_jax.data import text, transforms
 from depthvlm_jax.data.pipeline import TaskExample
 from depthvlm_jax.eval import metrics
@@ -57,8 +58,8 @@ class DepthVLMTask:
     fwd = jax.jit(lambda p, ids, images, mask: model.apply({"params": p}, ids, pixels_on_device(images), mask).depth)
 
     def evaluate(params, batch):
-      depth = np.asarray(jax.device_get(fwd(params, batch["input_ids"], batch["image"], batch["attention_mask"])))
-      host = {k: np.asarray(jax.device_get(batch[k])) for k in ("depth", "depth_valid", "weight")}
+      depth = sharding.to_host(fwd(params, batch["input_ids"], batch["image"], batch["attention_mask"]))
+      host = {k: sharding.to_host(batch[k]) for k in ("depth", "depth_valid", "weight")}
       valid = host["depth_valid"] & (host["weight"][:, None, None] > 0)
       return metrics.dense(depth, host["depth"], valid), {"depth": depth}
 

@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 from PIL import Image
 
 from depthvlm_jax import experiment, loading, outputs, sharding
@@ -49,6 +50,9 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
   same experiment. With `overwrite`, an earlier run's own files are removed and the run starts
   over; nothing else in the directory is touched."""
   path = Path(workdir)
+  if jax.process_index() != 0:  # process 0 checks and writes; the others follow its decision
+    multihost_utils.sync_global_devices("workdir ready")
+    return path, checkpoint.latest(str(path))
   outputs.check_destination(path, KIND, overwrite, replaces="its checkpoints, logs and pictures are replaced")
   ours = (outputs.read_marker(path) or {}).get("kind") == KIND  # only then are these names our files
   earlier = [path / name for name in RUN_FILES if ours and (path / name).exists()]
@@ -60,7 +64,7 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
       raise experiment.ConfigError(
           f"{path}: checkpoint step {resume.step} was saved by {resume.processes} processes, this run has "
           f"{jax.process_count()}: its data-iterator states fit only {resume.processes}; resume with as many, or "
-          f"start a new run from it with --config.model.init_from={path}")
+          f"train a new --workdir with --config.model.init_from={path}")
     earlier = [] if resume else earlier  # no checkpoint yet: the same run starts again
   try:
     path.mkdir(parents=True, exist_ok=True)
@@ -71,6 +75,8 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
       f.write(experiment.to_json(c))
   except OSError as e:
     raise OSError(f"workdir {workdir} is not writable ({e.strerror or e}): choose another --workdir") from e
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("workdir ready")
   return path, resume
 
 
@@ -109,10 +115,18 @@ def _lookup(tree, key: str):
 
 
 def render_demo_data(c) -> None:
-  """Renders the config's synthetic train/eval shards (data.render) unless they exist."""
+  """Renders the config's synthetic train/eval shards (data.render) unless they exist (on
+  process 0; the others wait)."""
   r = c.data.render
   if not r.dir:
     return
+  if jax.process_index() == 0:
+    _render(r)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("demo data rendered")
+
+
+def _render(r) -> None:
   for split, num, seed in (("train", r.train, r.seed), ("eval", r.eval, r.eval_seed)):
     out = Path(r.dir) / split
     if num and not list(out.glob("*.array_record")):
@@ -197,19 +211,20 @@ def run(exp: experiment.Experiment, workdir: str, overwrite: bool = False) -> di
   lead = jax.process_index() == 0
   param_shardings = sharding.param_shardings(pretrained.abstract_params(exp.model), mesh, c.mesh.rules)
   first, params, global_step = 0, None, 0
+  resumed_step = None if resume is None else resume.step
   if resume is not None:
     first = [s.name for s in exp.stages].index(resume.stage)
-    global_step = sum(s.steps for s in exp.stages[:first])
+    global_step = resume.step
     if resume.stage_step == exp.stages[first].steps:  # saved at the stage's end: the next one starts from it
       abstract = checkpoint.abstract_like(nn.unbox(pretrained.abstract_params(exp.model)), param_shardings)
       params, _ = checkpoint.restore_params(str(path), abstract, resume.step)
-      first, global_step, resume = first + 1, resume.step, None
+      first, resume = first + 1, None
   if first == len(exp.stages) and (path / RESULTS).is_file():
     print(f"{path} finished training at step {global_step}; its results are in {path / RESULTS}", flush=True)
     return json.loads((path / RESULTS).read_text(encoding="utf-8"))
   if params is None and resume is None:  # a new run
     params = init_params(exp, param_shardings)
-  writer = report.MetricWriter(path, enabled=lead, resume_step=None if resume is None else resume.step)
+  writer = report.MetricWriter(path, enabled=lead, resume_step=resumed_step)
   mngr = checkpoint.manager(str(path), keep=c.checkpoint.keep, keep_every=c.checkpoint.keep_every)
   evaluator = Evaluator(exp, model, mesh, training_median(exp, exp.stages[0])) if c.eval.sources else None
   result = {}
