@@ -181,17 +181,24 @@ def test_init_from_a_qwen3_vl_checkpoint_keeps_its_weights_and_starts_the_head_f
 def test_workdir_overwrite_removes_only_an_earlier_runs_own_files(tmp_path):
   from depthvlm_jax import outputs
   from depthvlm_jax.train import trainer
+  c = tiny_config()
   user = tmp_path / "user"
   (user / "pictures").mkdir(parents=True)
   (user / "pictures" / "holiday.png").write_bytes(b"mine")
   with pytest.raises(outputs.OutputExistsError, match="pass --overwrite"):
-    trainer.check_workdir(str(user))
-  trainer.check_workdir(str(user), overwrite=True)
+    trainer.prepare_workdir(str(user), c)
+  trainer.prepare_workdir(str(user), c, overwrite=True)
   assert (user / "pictures" / "holiday.png").read_bytes() == b"mine"  # not ours: never removed
   run = tmp_path / "run"
-  trainer.check_workdir(str(run))
+  assert trainer.prepare_workdir(str(run), c) == (run, None)
   (run / "results.json").write_text("{}")
-  with pytest.raises(outputs.OutputExistsError, match="holds an earlier run"):
-    trainer.check_workdir(str(run))
-  trainer.check_workdir(str(run), overwrite=True)
+  other = tiny_config()
+  other.stages.stage1.lr = 0.5
+  with pytest.raises(experiment.ConfigError, match=r"config.stages.stage1.lr=0.5 but the run in .* \(no checkpoint\)"):
+    trainer.prepare_workdir(str(run), other)
+  assert (run / "results.json").exists()
+  trainer.prepare_workdir(str(run), c)  # the same experiment, killed before its first checkpoint: starts again
+  assert not (run / "results.json").exists()
+  (run / "results.json").write_text("{}")
+  trainer.prepare_workdir(str(run), other, overwrite=True)
   assert not (run / "results.json").exists()

@@ -4,7 +4,7 @@ everything a run needs to go on exactly where it stopped:
   params     the parameter tree (its own item: `load_pretrained(workdir)` restores it alone,
              onto any mesh)
   opt_state  the optimizer state of the stage's trainable parameters
-  position   JSON: global step, stage, step in the stage, skip counters
+  position   JSON: global step, stage, step in the stage, skip counters, process count
   data       every process's grain iterator state (process_I-of-N.json; grain's orbax handler)
 
 Saves are asynchronous: orbax copies the arrays to host memory, then writes and commits in a
@@ -87,6 +87,10 @@ def latest(workdir: str) -> Optional[Position]:
   step = mngr.latest_step()
   if step is None:
     return None
+  if not os.path.isdir(os.path.join(workdir, DIR, str(step), "position")):
+    raise ValueError(f"{workdir}: checkpoint step {step} has no position (written by an older version, it cannot "
+                     "be resumed): pass --overwrite to train again, or start a new run from it with "
+                     f"--config.model.init_from={workdir}")
   restored = mngr.restore(step, args=ocp.args.Composite(position=ocp.args.JsonRestore()))
   return Position(**restored.position)
 
