@@ -194,6 +194,7 @@ def test_workdir_overwrite_removes_only_an_earlier_runs_own_files(tmp_path):
   (run / "results.json").write_text("{}")
   other = tiny_config()
   other.stages.stage1.lr = 0.5
+  other.model.init_from = "/elsewhere"  # where the weights first came from is no difference on resume
   with pytest.raises(experiment.ConfigError, match=r"config.stages.stage1.lr=0.5 but the run in .* \(no checkpoint\)"):
     trainer.prepare_workdir(str(run), other)
   assert (run / "results.json").exists()

@@ -88,9 +88,11 @@ def _check_same_experiment(path: Path, c, resume: Optional[checkpoint.Position])
                                     "choose a new --workdir, or pass --overwrite to train again from the start")
   saved = json.loads(saved_file.read_text(encoding="utf-8"))
   now = json.loads(experiment.to_json(c))
+  for tree in (saved, now):  # where the first run's weights came from does not matter any more
+    (tree.get("model") or {}).pop("init_from", None)
   for section in SAME_ON_RESUME:
     key = _first_difference(saved.get(section), now.get(section), section)
-    if key is not None and key != "model.init_from":
+    if key is not None:
       old, new = _lookup(saved, key), _lookup(now, key)
       raise experiment.ConfigError(
           f"config.{key}={new!r} but the run in {path} ({at}) has {old!r}: resuming needs the same experiment "
