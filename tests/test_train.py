@@ -198,8 +198,8 @@ def test_workdir_overwrite_removes_only_an_earlier_runs_own_files(tmp_path):
   with pytest.raises(experiment.ConfigError, match=r"config.stages.stage1.lr=0.5 but the run in .* \(no checkpoint\)"):
     trainer.prepare_workdir(str(run), other)
   other.stages.stage1.lr = c.stages.stage1.lr
-  other.model.dtype = "bfloat16"
-  with pytest.raises(experiment.ConfigError, match=r"config.model.dtype='bfloat16'"):
+  other.model.param_dtype = "bfloat16"  # sorts after init_from
+  with pytest.raises(experiment.ConfigError, match=r"config.model.param_dtype='bfloat16'"):
     trainer.prepare_workdir(str(run), other)
   assert (run / "results.json").exists()
   trainer.prepare_workdir(str(run), c)  # the same experiment, killed before its first checkpoint: starts again
