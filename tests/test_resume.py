@@ -2,7 +2,6 @@
 step, each time restarted with the same command, ends with the same losses, batches and weights,
 bit for bit, as the run that was never interrupted; a changed setting refuses to resume."""
 
-import json
 import os
 import random
 import signal

@@ -11,7 +11,6 @@ import dataclasses
 import re
 from typing import Optional
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
