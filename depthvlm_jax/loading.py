@@ -30,7 +30,7 @@ def experiment_config(path: str) -> Optional[ConfigDict]:
     return experiment.from_json(f.read())
 
 
-def _checkpoint_of_workdir(path: str, step: Optional[int]) -> tuple[str, Optional[int]]:
+def resolve(path: str, step: Optional[int] = None) -> tuple[str, Optional[int]]:
   """WORKDIR/checkpoints/STEP -> (WORKDIR, STEP); any other path is returned as it is."""
   parent = os.path.dirname(os.path.normpath(path))
   name = os.path.basename(os.path.normpath(path))
@@ -48,7 +48,7 @@ def load_pretrained(path: str, *, shardings=None, step: Optional[int] = None, **
   `overrides` replace ModelConfig fields (dtype, remat_policy, ...); `shardings` (a tree like the
   params) places each tensor on its devices as it is read.
   """
-  path, step = _checkpoint_of_workdir(path, step)
+  path, step = resolve(path, step)
   config = experiment_config(path)
   if config is None:
     if step is not None:

@@ -196,7 +196,7 @@ def test_refuses_depthlm_image_size_mismatch(tmp_path):
   check_refused(tmp_path, "depthlm", depthlm_row(intrinsics=[30.0, 30.0, 15.5, 11.5, 64, 48]), "intrinsics")
 
 
-@pytest.mark.parametrize("intrinsics", [None, [0.0, 30.0, 15.5, 11.5, W, H], [30.0, -1.0, 15.5, 11.5, W, H]])
+@pytest.mark.parametrize("intrinsics", [None, [0.0, 0.0, 15.5, 11.5, W, H], [30.0, -1.0, 15.5, 11.5, W, H]])
 def test_refuses_bad_depthlm_intrinsics(tmp_path, intrinsics):
   message = check_refused(tmp_path, "depthlm", depthlm_row(intrinsics=intrinsics), "intrinsics")
   assert ("missing" in message) == (intrinsics is None)

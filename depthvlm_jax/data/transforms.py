@@ -208,22 +208,22 @@ def arrow_pixels(x: int, y: int) -> list[tuple[int, int]]:
           + [(x - 2, y - 1), (x - 2, y + 1), (x - 3, y - 2), (x - 3, y + 2)])
 
 
-def draw_arrow(rgb: np.ndarray, x: int, y: int) -> np.ndarray:
-  """A copy of rgb with the red, one-pixel-thick marker; the whole arrow must fit."""
+def draw_arrow(rgb: np.ndarray, x: int, y: int, color=ARROW_COLOR) -> np.ndarray:
+  """A copy of rgb with the one-pixel-thick marker (red unless told); the whole arrow must fit."""
   h, w = rgb.shape[:2]
   if not (5 <= x < w and 2 <= y < h - 2):
     raise ValueError(f"arrow at ({x}, {y}) does not fit a {w}x{h} image")
   out = rgb.copy()
   cols, rows = zip(*arrow_pixels(x, y))
-  out[list(rows), list(cols)] = ARROW_COLOR
+  out[list(rows), list(cols)] = color
   return out
 
 
-def sample_query_point(example: Example, rng: np.random.Generator, border: int = 5,
-                       valid: Optional[np.ndarray] = None) -> tuple[int, int, float]:
-  """One labelled pixel >= border px from every edge of the real (unpadded) image, as integer
-  (x, y) and its z-depth in metres: uniform over the dense `valid` pixels when a mask is given
-  (any valid pixel is a label, as DepthLM samples them), else over the sparse points."""
+def query_candidates(example: Example, border: int = 5, valid: Optional[np.ndarray] = None) -> np.ndarray:
+  """Every labelled pixel >= border px from every edge of the real (unpadded) image, as float32
+  [N, 3] (integer col, row, z-depth in metres): the dense `valid` pixels when a mask is given
+  (any valid pixel is a label, as DepthLM samples them), else the sparse points. Raises
+  RecordError when there is none."""
   rows, cols = np.flatnonzero(example.pixel_mask.any(axis=1)), np.flatnonzero(example.pixel_mask.any(axis=0))
   # The real (unpadded) image's extent; padding may lie on any side (principal-point windows).
   r0, r1 = (rows[0] + border, rows[-1] + 1 - border) if len(rows) else (0, 0)
@@ -234,17 +234,22 @@ def sample_query_point(example: Example, rng: np.random.Generator, border: int =
     rows, cols = np.nonzero(valid & inner)
     if not len(rows):
       raise RecordError(example.key, "valid", f"no valid depth pixel lies {border} px or more inside the image")
-    i = rng.integers(len(rows))
-    return int(cols[i]), int(rows[i]), float(example.depth[rows[i], cols[i]])
+    return np.stack([cols, rows, example.depth[rows, cols]], axis=-1).astype(np.float32)
   if example.points is None or not len(example.points):
     raise RecordError(example.key, "points", "no labelled point to query")
   px = _pixel(example.points[:, :2])
   ok = (px[:, 0] >= c0) & (px[:, 0] < c1) & (px[:, 1] >= r0) & (px[:, 1] < r1)
-  idx = np.flatnonzero(ok)
-  if not len(idx):
+  if not ok.any():
     raise RecordError(example.key, "points", f"no labelled point lies {border} px or more inside the image")
-  i = idx[rng.integers(len(idx))]
-  return int(px[i, 0]), int(px[i, 1]), float(example.points[i, 2])
+  return np.concatenate([px[ok], example.points[ok, 2:]], axis=-1).astype(np.float32)
+
+
+def sample_query_point(example: Example, rng: np.random.Generator, border: int = 5,
+                       valid: Optional[np.ndarray] = None) -> tuple[int, int, float]:
+  """One of the `query_candidates`, uniformly: integer (x, y) and its z-depth in metres."""
+  candidates = query_candidates(example, border, valid)
+  x, y, z = candidates[rng.integers(len(candidates))]
+  return int(x), int(y), float(z)
 
 
 def normalize_pixels(rgb: np.ndarray) -> np.ndarray:

@@ -39,17 +39,18 @@ def sample_token(logits: jax.Array, rng: jax.Array, temperature: float, top_k: i
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k", "top_p",
-                                             "eos_token_id", "pad_token_id", "cache_dtype"))
+                                             "eos_token_id", "pad_token_id", "cache_dtype",
+                                             "with_depth"))
 def generate(model: DepthVLM, params, input_ids, pixel_values=None, attention_mask=None, rng=None, *,
              max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
-             eos_token_id: Optional[int] = None, pad_token_id: int = 0, cache_dtype: str = "float32"
-             ) -> GenerateOutput:
+             eos_token_id: Optional[int] = None, pad_token_id: int = 0, cache_dtype: str = "float32",
+             with_depth: bool = True) -> GenerateOutput:
   b, l = input_ids.shape
   if attention_mask is None:
     attention_mask = jnp.ones((b, l), jnp.int32)
   rng = jax.random.key(0) if rng is None else rng
   cache = KVCache.zeros(model.cfg.text, b, l + max_new_tokens, jnp.dtype(cache_dtype))
-  out = model.apply({"params": params}, input_ids, pixel_values, attention_mask, cache=cache)
+  out = model.apply({"params": params}, input_ids, pixel_values, attention_mask, cache=cache, with_depth=with_depth)
   last = l - 1 - jnp.argmax(attention_mask[:, ::-1] > 0, axis=1)  # last real token, any padding side
   first_logits = jnp.take_along_axis(out.logits, last[:, None, None], axis=1)[:, 0]
   next_pos = jnp.max(jnp.where(attention_mask[None] > 0, out.positions, 0), axis=(0, 2)) + 1

@@ -19,6 +19,7 @@ from depthvlm_jax.data import pipeline, text, transforms
 from depthvlm_jax.data.pipeline import TaskExample
 from depthvlm_jax.eval import metrics
 from depthvlm_jax.infer.generate import generate
+from depthvlm_jax.tasks import questions
 from depthvlm_jax.tasks.text_terms import TEXT_TERMS, text_terms
 from depthvlm_jax.train.step import pixels_on_device
 
@@ -46,20 +47,40 @@ class DepthLMTask:
   crop_width: tuple[int, int] = (1000, 1400)
   crop_height: tuple[int, int] = (700, 1200)
   border: int = 5  # queried pixels keep this distance to the edges (the arrow must fit)
+  # DepthLM's other 3-D questions (tasks/questions.py), drawn uniformly per training example.
+  questions: tuple[str, ...] = ("depth",)
   needs_depth_head = False
   loss_names = TEXT_TERMS
+
+  def __post_init__(self):
+    for name in self.questions:
+      questions.get(name)
+    if not self.questions:
+      raise ValueError("questions is empty: give at least one of " + str(sorted(questions.KINDS)))
+
+  @property
+  def prompt(self) -> str:
+    """The question a predictor asks by default (about a marked pixel)."""
+    return self.question
 
   def augment(self, example: transforms.Example, rng: np.random.Generator) -> transforms.Example:
     return transforms.depthlm_crop(example, rng, self.crop_width, self.crop_height)
 
   def example(self, example, depth, depth_valid, rng) -> TaskExample:
     dense = depth_valid if example.depth is not None else None
-    x, y, z = transforms.sample_query_point(example, rng, self.border, valid=dense)
-    return TaskExample(transforms.draw_arrow(example.rgb, x, y), self.question, text.depthlm_answer(z),
-                       np.array([x, y, z], np.float32))
+    kind = questions.get(self.questions[rng.integers(len(self.questions))])
+    if kind.name == "depth":
+      x, y, z = transforms.sample_query_point(example, rng, self.border, valid=dense)
+      return TaskExample(transforms.draw_arrow(example.rgb, x, y), self.question, text.depthlm_answer(z),
+                         np.array([x, y, z], np.float32))
+    xyz = questions.sample(kind, transforms.query_candidates(example, self.border, valid=dense), rng)
+    rgb, question, value = questions.ask(kind, example.rgb, xyz, example.intrinsics)
+    return TaskExample(rgb, question, kind.answer(value), np.array([xyz[0, 0], xyz[0, 1], value], np.float32))
 
   def texts(self):
-    return [(self.question, text.depthlm_answer(d)) for d in (0.01, 9.99, 99.99, 999.99)]
+    kinds = [questions.get(n) for n in self.questions]
+    return [(self.question, text.depthlm_answer(d)) for d in (0.01, 9.99, 99.99, 999.99)] + \
+        questions.longest_texts([k for k in kinds if k.name != "depth"])
 
   def loss_terms(self, out, batch, names) -> dict:
     return text_terms(out, batch, names)

@@ -246,7 +246,8 @@ def run(exp: experiment.Experiment, workdir: str, overwrite: bool = False) -> di
     writer.close()
     mngr.close()
   if lead:
-    outputs.write_json(path / RESULTS, {"step": global_step, **result})
+    median = {} if evaluator is None else {"training_median": evaluator.median}
+    outputs.write_json(path / RESULTS, {"step": global_step, **median, **result})
     report.plot_curves(path / "metrics.jsonl", path / "loss_curve.png")
   return result
 

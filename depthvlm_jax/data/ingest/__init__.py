@@ -183,6 +183,16 @@ def depth_png(path: Path, scale: float, loc: str, field: str) -> np.ndarray:
   return (raw.astype(np.float64) / scale).astype(np.float32)
 
 
+def raw_float32(path: Path, size: tuple[int, int], loc: str, field: str) -> np.ndarray:
+  """A headerless little-endian float32 file, row-major, as [H, W] for size (W, H). The byte
+  count must match exactly: a buffer of another size would reshape into a sheared map."""
+  w, h = size
+  n, expected = path.stat().st_size, w * h * 4
+  if n != expected:
+    raise RecordError(loc, field, f"{path} holds {n} bytes, not the {w}x{h} float32 map ({expected} bytes)")
+  return np.fromfile(path, "<f4").reshape(h, w)
+
+
 def dataset_info(row: dict, loc: str, dataset: Optional[str], domain: Optional[str],
                  depth_range) -> tuple[str, str, tuple[float, float]]:
   """(dataset, domain, depth_range): the record's own fields first, then the parameters, then

@@ -18,7 +18,7 @@ from typing import Iterator, NamedTuple
 
 import numpy as np
 
-from depthvlm_jax.data.ingest import DATASETS, find_file, load_image, located, naming, text_lines
+from depthvlm_jax.data.ingest import DATASETS, find_file, load_image, located, naming, raw_float32, text_lines
 from depthvlm_jax.data.records import DepthRecord, RecordError, intrinsics_at
 
 PARAMS = {"SIMPLE_PINHOLE": 3, "PINHOLE": 4, "THIN_PRISM_FISHEYE": 12}
@@ -60,7 +60,7 @@ def records(path, root=None, *, depth_range=None, split: str = "test") -> Iterat
         if target.model not in ("PINHOLE", "SIMPLE_PINHOLE"):
           raise RecordError(loc, "intrinsics", f"the undistorted camera is {target.model}, not a pinhole")
         image, size = load_image(find_file(scene / "images", name, loc, "image"), loc)
-        raw = _raw_depth(depth_dir / file, source, loc)
+        raw = _raw_depth(find_file(depth_dir, file, loc, "depth"), source, loc)
         if ids not in maps:
           maps[ids] = _source_pixels(source, target)
         depth = np.where(maps[ids] >= 0, raw.ravel()[np.maximum(maps[ids], 0)], 0.0)
@@ -160,13 +160,7 @@ def _source_pixels(source: Camera, target: Camera) -> np.ndarray:
 
 def _raw_depth(path: Path, cam: Camera, loc: str) -> np.ndarray:
   """The float32 buffer at the distorted camera's size, +inf (no ground truth) as 0."""
-  if not path.is_file():
-    raise RecordError(loc, "depth", f"file not found: {path}")
-  expected = cam.width * cam.height * 4
-  if path.stat().st_size != expected:
-    raise RecordError(loc, "depth", f"{path} holds {path.stat().st_size} bytes, not the {cam.width}x{cam.height} "
-                      f"float32 map ({expected} bytes) of its camera")
-  raw = np.fromfile(path, "<f4")
+  raw = raw_float32(path, (cam.width, cam.height), loc, "depth")
   bad = np.isnan(raw) | (raw < 0)
   if bad.any():
     raise RecordError(loc, "depth", f"{path}: {int(bad.sum())} NaN or negative values (only +inf marks no depth)")
