@@ -68,11 +68,54 @@ def test_train_refuses_an_unwritable_workdir(tmp_path):
   assert proc.returncode == 2 and f"{tmp_path / 'file' / 'run'}" in error_line(proc)
 
 
-def test_predict_needs_the_settings_of_a_hugging_face_model(tmp_path):
-  (tmp_path / "hf").mkdir()
-  proc = cli("predict", f"--model={tmp_path / 'hf'}", f"--data={tmp_path}", f"--out={tmp_path / 'pred'}")
-  assert proc.returncode == 2 and "not a training workdir" in error_line(proc) and "--config=" in error_line(proc)
-  assert not (tmp_path / "pred").exists()
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory):
+  """A tiny random DepthVLM in Hugging Face layout (no config: the release's settings apply)."""
+  import depthvlm_jax as dvlm
+  path = tmp_path_factory.mktemp("hf") / "tiny"
+  cfg = dvlm.get_config("tiny")
+  dvlm.save_pretrained(str(path), dvlm.DepthVLM(cfg), dvlm.init_params(cfg, 0))
+  return path
+
+
+def test_predict_writes_depth_files_for_images_and_refuses_without_a_focal_length(tmp_path, tiny_hf):
+  from PIL import Image
+  from depthvlm_jax.infer import exports
+  photos = tmp_path / "photos"
+  photos.mkdir()
+  rng = np.random.default_rng(0)
+  for name in ("a.png", "b.jpg"):
+    Image.fromarray(rng.integers(0, 256, (64, 96, 3), np.uint8)).save(photos / name)
+  proc = cli("predict", f"--model={tiny_hf}", f"--image={photos}", "--fx=1000", f"--out={tmp_path / 'out'}")
+  assert proc.returncode == 0, proc.stderr
+  out = tmp_path / "out"
+  for stem in ("a", "b"):
+    depth = np.load(out / f"{stem}.npy")
+    assert depth.shape == (64, 96) and depth.dtype == np.float32 and (depth > 0).all()
+    assert np.abs(exports.load_depth_png16(out / f"{stem}_depth.png") - depth).max() <= 0.0005 + 1e-6
+    points, colors = exports.load_ply(out / f"{stem}.ply")
+    np.testing.assert_allclose(np.sort(points[:, 2]), np.sort(depth.ravel()), rtol=1e-6)
+    assert colors.shape == points.shape and (out / f"{stem}_color.png").is_file() and (out / f"{stem}.txt").is_file()
+  assert json.loads((out / "predictions.json").read_text())["images"] == 2
+  # No --fx and no EXIF: refused, saying why metric depth needs it.
+  bad = cli("predict", f"--model={tiny_hf}", f"--image={photos / 'a.png'}", "--on_bad_input=raise",
+            f"--out={tmp_path / 'out2'}")
+  assert bad.returncode == 2 and "no --fx and no focal length in its EXIF" in error_line(bad)
+  assert "calibration" in error_line(bad)
+
+
+def test_eval_prints_both_protocols_on_the_fixture_sets(tmp_path, tiny_hf):
+  from test_ingest import bench_records, ibims_records
+  bench = shards.write_shards(bench_records(), tmp_path / "scannetpp", "scannetpp")[0]
+  ibims = shards.write_shards(ibims_records("z"), tmp_path / "ibims", "ibims")[0]
+  proc = cli("eval", f"--model={tiny_hf}", f"--data={bench}", f"--data={ibims}", "--max_images=1",
+             f"--out={tmp_path / 'out'}", "--pictures=1")
+  assert proc.returncode == 0, proc.stderr
+  assert "### dense" in proc.stdout and "### sparse" in proc.stdout and "| ibims | indoor | 1 |" in proc.stdout
+  results = json.loads((tmp_path / "out" / "results.json").read_text())
+  assert set(results["protocols"]["sparse"]["datasets"]) == {"scannetpp", "ibims"} and results["images"] == 2
+  assert (tmp_path / "out" / "results.md").read_text().strip() in proc.stdout
+  assert (tmp_path / "out" / "picture_000.png").is_file()
 
 
 def test_show_fails_on_a_bad_record_naming_shard_and_record(tmp_path):
@@ -114,9 +157,8 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
   w.close()
   pred = cli("predict", f"--model={run}", f"--data={data}/eval", f"--out={tmp_path / 'pred'}")
   assert pred.returncode == 0, pred.stderr
-  result = json.loads((tmp_path / "pred" / "metrics.json").read_text())
-  assert result["images_scored"] == 8 and result["images_skipped"] == 1
-  assert 0 <= result["dense"]["delta1"] <= 1 and result["dense"]["rmse"] > 0
+  result = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+  assert result["images"] == 8 and result["skipped"] == 1
   assert "broken-00000-of-00001.array_record record 0" in pred.stderr  # the skip names the record
   for rec in shards.iter_records(f"{data}/eval/synthetic_eval-*"):
     depth = np.load(tmp_path / "pred" / f"{rec.key}.npy")
@@ -124,9 +166,13 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
     assert np.isfinite(depth).all() and (depth > 0).all()
   # All bad: the run fails, and still leaves valid JSON that says why.
   bad = cli("predict", f"--model={run}", f"--data={data}/eval/broken-*", f"--out={tmp_path / 'pred'}")
-  assert bad.returncode == 2 and "nothing could be scored" in error_line(bad)
-  result = json.loads((tmp_path / "pred" / "metrics.json").read_text())
-  assert result["images_scored"] == 0 and result["images_skipped"] == 1
+  assert bad.returncode == 2 and "nothing could be predicted" in error_line(bad)
+  # The benchmark runner on the run's own settings, with the run's training median as a baseline.
+  ev = cli("eval", f"--model={run}", f"--data={data}/eval/synthetic_eval-*", f"--out={tmp_path / 'eval'}")
+  assert ev.returncode == 0, ev.stderr
+  dense = json.loads((tmp_path / "eval" / "results.json").read_text())["protocols"]["dense"]
+  assert sum(row["images"] for row in dense["datasets"].values()) == 8 and set(dense["domains"]) <= {"indoor", "outdoor"}
+  assert 0 <= dense["average"]["delta1"] <= 1 and "train_median/delta1" in dense["average"]
 
 
 def check_export_to_transformers(workdir, hf_dir):
