@@ -10,7 +10,6 @@ the forward) shows that stage 1 runs no backward pass through the frozen backbon
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import time
@@ -23,19 +22,12 @@ from depthvlm_jax.convert import pretrained
 from depthvlm_jax.data import pipeline
 from depthvlm_jax.model.vlm import DepthVLM
 from depthvlm_jax.train import flops, step as step_lib
+from demo_model import demo_config
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("batch", 8, "Images per step.")
 flags.DEFINE_integer("repeats", 5, "Timed calls (the best is kept).")
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def demo_config():
-  spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs", "demo.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def backbone_heavy_config():

@@ -33,7 +33,7 @@ def get_config(arg=None):
   c.data.render.update(dir="out/demo_data", train=1500, eval=64)
   c.data.train = {"synthetic": experiment.source("out/demo_data/train")}
   c.eval.sources = {"synthetic": experiment.source("out/demo_data/eval")}
-  c.eval.update(every_steps=150, batch_size=16, num_batches=4, pictures=4)
+  c.eval.update(every_steps=150, batch_size=16, num_batches=4, pictures=4, buckets=((160, 192),))
   everything = (".*",)
   c.stages = {
       "stage1": experiment.stage_section(steps=50, batch_size=16, lr=1e-3, warmup_frac=0.1,

@@ -28,7 +28,7 @@ def get_config(arg="4b"):
     c.data.render.update(dir="out/demo_data_depthlm", train=1500, eval=64)
     c.data.train = {"synthetic": experiment.source("out/demo_data_depthlm/train")}
     c.eval.sources = {"synthetic": experiment.source("out/demo_data_depthlm/eval")}
-    c.eval.update(every_steps=200, batch_size=16, num_batches=4, pictures=0)
+    c.eval.update(every_steps=200, batch_size=16, num_batches=4, pictures=0, buckets=((160, 192),))
     c.stages = {"sft": experiment.stage_section(steps=600, batch_size=16, lr=1e-3, warmup_frac=0.05,
                                                 trainable=(".*",), loss_weights={"ce": 1.0})}
     c.log.every_steps = 25

@@ -78,7 +78,10 @@ def base_config() -> ConfigDict:
       # Synthetic scenes rendered into `dir` when absent (the CPU demo): train and held-out eval
       # shards from disjoint seeds.
       render=ConfigDict(dict(dir="", train=0, eval=0, seed=0, eval_seed=1_000_000, kind="mixed"))))
-  c.eval = ConfigDict(dict(sources=ConfigDict(), every_steps=0, batch_size=8, num_batches=4, pictures=4))
+  # buckets: the static input sizes (H, W) the predictor and depthvlm-eval pad whole images into;
+  # an image that fits none rounds up to multiples of bucket_multiple (one compile per size).
+  c.eval = ConfigDict(dict(sources=ConfigDict(), every_steps=0, batch_size=8, num_batches=4, pictures=4,
+                           buckets=(), bucket_multiple=128, max_new_tokens=32))
   c.stages = ConfigDict()
   c.mesh = ConfigDict(dict(shape=(1, -1, 1), rules="fsdp"))
   # Checkpoints every `every_steps` and at each stage's end; the last `keep` are kept, and every
@@ -202,6 +205,11 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
   if len(hw) != 2 or any(int(s) <= 0 or int(s) % token for s in hw):
     _fail("data.image_hw", hw, f"both sides must be positive multiples of {token} (one LLM image token "
           f"covers {token}x{token} pixels)")
+  if c.eval.bucket_multiple <= 0 or c.eval.bucket_multiple % token:
+    _fail("eval.bucket_multiple", c.eval.bucket_multiple, f"must be a positive multiple of {token}")
+  for b in c.eval.buckets:
+    if len(b) != 2 or any(int(s) <= 0 or int(s) % token for s in b):
+      _fail("eval.buckets", tuple(c.eval.buckets), f"each bucket is (H, W), positive multiples of {token}")
   if not (c.data.canonical_fx > 0 and math.isfinite(c.data.canonical_fx)):
     _fail("data.canonical_fx", c.data.canonical_fx, "must be a positive focal length in pixels")
   if c.data.crop not in ("random", "principal"):

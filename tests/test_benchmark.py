@@ -11,6 +11,7 @@ from depthvlm_jax import tasks
 from depthvlm_jax.data import shards
 from depthvlm_jax.eval import benchmark
 from depthvlm_jax.infer.predictor import Predictor, Settings
+from depthvlm_jax.tasks import questions
 from test_ingest import bench_records, ibims_records
 
 
@@ -85,3 +86,49 @@ def test_a_wrong_scale_and_the_constant_baselines(fixture_sets):
   assert plain["dense"]["datasets"]["scannetpp"]["abs_rel"] == pytest.approx(0.3, abs=1e-6)
   aligned = benchmark.run(Far(), fixture_sets[:1], benchmark.Options(align="median"), progress=False)
   assert aligned["protocols"]["sparse"]["datasets"]["scannetpp"]["delta1"] == 1.0
+
+
+class TextOracle(Predictor):
+  """A DepthLM model that reads its arrows and answers from the ground truth: checks where the
+  runner marks points, what it asks and how it scores the replies."""
+
+  def __init__(self):
+    cfg = dvlm.get_config("tiny").replace(depth_head=None)
+    super().__init__(dvlm.DepthVLM(cfg), None, tasks.get("depthlm"), Settings(batch_size=8))
+    self.asked = []
+
+  def ask(self, cv, xy, kind):
+    self.cv = cv
+    return super().ask(cv, xy, kind)
+
+  def generate(self, images, prompts, max_new_tokens=None, with_depth=True):
+    ex = self.cv.example
+    truth = np.zeros(ex.hw)
+    px = np.floor(ex.points[:, :2] + 0.5).astype(int)
+    truth[px[:, 1], px[:, 0]] = ex.points[:, 2]
+    replies = []
+    for image, prompt in zip(images, prompts):
+      tips = []
+      for colour in ((255, 0, 0), (0, 0, 255)):
+        rows, cols = np.nonzero(np.all(image == colour, axis=-1))
+        if len(cols):
+          tips.append((cols.max() + 1, rows[cols.argmax()]))
+      xyz = np.array([(x, y, truth[y, x]) for x, y in tips], np.float64)
+      kind = next(k for k in questions.KINDS.values() if k.question == prompt)
+      self.asked.append(kind.name)
+      value = kind.value(questions.camera_points(xyz, ex.intrinsics))
+      replies.append(f"<think> about 3 m </think>\n\n<answer> {value:.4f} </answer>")
+    return None, replies
+
+
+def test_depthlm_answers_in_text_at_every_labelled_point(fixture_sets):
+  oracle = TextOracle()
+  options = benchmark.Options(questions=("two_points",), questions_per_image=3, points_per_image=20, train_median=3.0)
+  results = benchmark.run(oracle, fixture_sets[1:], options, progress=False)["protocols"]
+  assert set(results) == {"sparse", "question/two_points"}  # no depth head: no dense protocol
+  sparse = results["sparse"]["datasets"]["ibims"]
+  assert sparse["images"] == 6 and sparse["delta1"] == 1.0 and sparse["parsed"] == 1.0
+  assert sparse["abs_rel"] < 1e-3 and sparse["always_2m/delta1"] < 0.6 and "train_median/delta1" in sparse
+  two = results["question/two_points"]["datasets"]["ibims"]
+  assert two["delta1"] == 1.0 and two["abs_rel"] < 1e-3
+  assert oracle.asked.count("depth") == 120 and oracle.asked.count("two_points") == 18

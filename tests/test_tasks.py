@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from depthvlm_jax import tasks
-from depthvlm_jax.data import pipeline, text
+from depthvlm_jax.data import pipeline, text, transforms
 from depthvlm_jax.tasks.depthlm import parse_answer
 
 
@@ -53,3 +53,21 @@ def test_task_examples_have_the_release_chat_layout(name):
 def test_unknown_task_is_refused():
   with pytest.raises(ValueError, match="unknown task 'dense'"):
     tasks.get("dense")
+
+
+def test_three_d_questions_mark_the_points_and_answer_in_metres():
+  from depthvlm_jax.tasks import questions
+  intr = (100.0, 50.0, 20.0, 10.0)
+  xyz = np.array([[20, 10, 2.0], [30, 30, 4.0]])  # on the axis at 2 m; (0.4, 1.6, 4) m
+  np.testing.assert_allclose(questions.camera_points(xyz, intr), [[0, 0, 2], [0.4, 1.6, 4]])
+  rgb = np.zeros((40, 48, 3), np.uint8)
+  marked, question, value = questions.ask(questions.get("two_points"), rgb, xyz, intr)
+  assert value == pytest.approx(np.sqrt(0.4 ** 2 + 1.6 ** 2 + 2 ** 2)) and "blue arrow" in question
+  for colour, (x, y) in (((255, 0, 0), (20, 10)), ((0, 0, 255), (30, 30))):
+    got = sorted(map(tuple, np.argwhere(np.all(marked == colour, axis=-1))[:, ::-1]))
+    assert got == sorted(transforms.arrow_pixels(x, y))
+  _, _, z = questions.ask(questions.get("principal_axis"), rgb, xyz[1:], intr)
+  assert z == 4.0
+  task = tasks.get("depthlm", questions=("depth", "two_points"))
+  assert parse_answer(questions.get("two_points").answer(3.456)) == 3.46
+  assert {q for q, _ in task.texts()} == {text.DEPTHLM_QUESTION, questions.get("two_points").question}

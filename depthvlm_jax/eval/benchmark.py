@@ -187,6 +187,12 @@ def run(predictor: Predictor, data: Sequence, options: Options = Options(), out_
   return results
 
 
+def _constants(options: Options) -> list[tuple[str, float]]:
+  """The constant baselines scored beside the model."""
+  median = [] if options.train_median is None else [("train_median", options.train_median)]
+  return [("always_2m", ALWAYS)] + median
+
+
 def _metric_options(item: _Item, options: Options) -> dict:
   return dict(cap=item.record.depth_range, align=options.align, empty=options.empty)
 
@@ -194,8 +200,7 @@ def _metric_options(item: _Item, options: Options) -> dict:
 def _score_depth(scores: _Scores, it: _Item, pred: np.ndarray, protocols, options: Options) -> None:
   """The model's map and the constant baselines, by each protocol the record allows."""
   kw = _metric_options(it, options)
-  constants = [("always_2m", ALWAYS)] + ([("train_median", options.train_median)]
-                                         if options.train_median is not None else [])
+  constants = _constants(options)
   if "dense" in protocols and it.depth is not None:
     values = metrics.dense(pred[None], it.depth[None], it.valid[None], **kw)
     values["flying_points"] = metrics.flying_points(pred[None], it.depth[None], it.valid[None])
@@ -227,7 +232,10 @@ def _score_points(predictor: Predictor, scores: _Scores, it: _Item, options: Opt
     return
   labelled = _labelled(it)
   answers = predictor.ask(it.canvas, labelled[:, None, :2].astype(np.int64), questions.get("depth"))
-  scores.add("sparse", it, _answer_metrics(answers.values, labelled[:, 2], it, options))
+  values = _answer_metrics(answers.values, labelled[:, 2], it, options)
+  for name, c in _constants(options):
+    values[f"{name}/delta1"] = _answer_metrics(np.full(len(labelled), c), labelled[:, 2], it, options)["delta1"]
+  scores.add("sparse", it, values)
 
 
 def _score_question(predictor: Predictor, scores: _Scores, it: _Item, kind: questions.Kind, options: Options):

@@ -104,7 +104,7 @@ class Predictor:
       raise ValueError(f"buckets {settings.buckets} and bucket_multiple {settings.bucket_multiple} must be "
                        f"multiples of {token} (one image token covers {token}x{token} pixels)")
     answers = list(task.texts()) + questions.longest_texts(list(questions.KINDS.values()))
-    self._answer_tokens = max(len(self.tok.encode(a)) for _, a in answers) + 2  # + <|im_end|> and a spare
+    self.answer_tokens = max(len(self.tok.encode(a)) for _, a in answers) + 2  # + <|im_end|> and a spare
     self._depth = jax.jit(lambda p, ids, images: model.apply({"params": p}, ids, pixels_on_device(images)).depth)
 
   @classmethod
@@ -245,7 +245,7 @@ class Predictor:
     for i in range(0, len(todo), self.settings.batch_size):
       chunk = todo[i:i + self.settings.batch_size]
       _, out = self.generate([questions.mark(cv.example.rgb, xy[k]) for k in chunk], [kind.question] * len(chunk),
-                             self._answer_tokens, with_depth=False)
+                             self.answer_tokens, with_depth=False)
       for k, reply in zip(chunk, out):
         replies[k] = reply
     values = np.array([np.nan if (v := parse_answer(r)) is None else v for r in replies], np.float64)
