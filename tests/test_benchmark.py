@@ -5,10 +5,12 @@ import json
 
 import numpy as np
 import pytest
+from array_record.python.array_record_module import ArrayRecordWriter
 
 import depthvlm_jax as dvlm
 from depthvlm_jax import tasks
 from depthvlm_jax.data import shards
+from depthvlm_jax.data.records import RecordError
 from depthvlm_jax.eval import benchmark
 from depthvlm_jax.infer.predictor import Predictor, Settings
 from depthvlm_jax.tasks import questions
@@ -75,8 +77,9 @@ def test_ground_truth_scores_perfectly_on_both_protocols(fixture_sets):
   json.dumps(results, allow_nan=False)  # results are valid JSON (no NaN)
 
 
-def test_a_wrong_scale_and_the_constant_baselines(fixture_sets):
-  """A map 1.3x the truth fails delta1 everywhere; median alignment recovers it."""
+def test_a_wrong_scale_a_bad_record_and_median_alignment(fixture_sets, tmp_path):
+  """A map 1.3x the truth fails delta1 everywhere; median alignment recovers it; a bad record is
+  skipped, counted and named (or stops the run when asked)."""
   class Far(Oracle):
     def depth_maps(self, images):
       return 1.3 * super().depth_maps(images)
@@ -84,8 +87,15 @@ def test_a_wrong_scale_and_the_constant_baselines(fixture_sets):
   plain = benchmark.run(Far(), fixture_sets[:1], benchmark.Options(), progress=False)["protocols"]
   assert plain["dense"]["datasets"]["scannetpp"]["delta1"] == 0.0
   assert plain["dense"]["datasets"]["scannetpp"]["abs_rel"] == pytest.approx(0.3, abs=1e-6)
-  aligned = benchmark.run(Far(), fixture_sets[:1], benchmark.Options(align="median"), progress=False)
+  broken = tmp_path / "broken-00000-of-00001.array_record"
+  writer = ArrayRecordWriter(str(broken), shards.WRITER_OPTIONS)
+  writer.write(b"not a record")
+  writer.close()
+  aligned = benchmark.run(Far(), fixture_sets[:1] + [str(broken)], benchmark.Options(align="median"), progress=False)
   assert aligned["protocols"]["sparse"]["datasets"]["scannetpp"]["delta1"] == 1.0
+  assert aligned["images"] == 6 and aligned["skipped"] == {str(broken): 1}
+  with pytest.raises(RecordError, match="broken-00000-of-00001.array_record record 0"):
+    benchmark.run(Far(), [str(broken)], benchmark.Options(on_bad_record="raise"), progress=False)
 
 
 class TextOracle(Predictor):

@@ -154,8 +154,6 @@ class ExampleFn(grain.transforms.RandomMap):
   def _example(self, rec: DepthRecord, rng: np.random.Generator) -> dict[str, np.ndarray]:
     cfg = self.cfg
     rgb = rec.decode_image()
-    if (rgb.shape[1], rgb.shape[0]) != tuple(rec.image_size):
-      raise RecordError(rec.key, "image_size", f"says {rec.image_size} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
     valid = rec.valid_mask() if rec.depth is not None else None
     ex = transforms.focal_normalize(rgb, rec.depth, valid, rec.points, rec.intrinsics, rec.depth_size,
                                     cfg.canonical_fx, key=rec.key)

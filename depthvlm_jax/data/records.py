@@ -180,8 +180,12 @@ class DepthRecord:
     return m if self.valid is None else (m & self.valid)
 
   def decode_image(self) -> np.ndarray:
-    """[H, W, 3] uint8 RGB (grayscale, RGBA and 16-bit images are converted)."""
-    return decode_rgb(self.image, self.key)
+    """[H, W, 3] uint8 RGB (grayscale, RGBA and 16-bit images are converted), of the record's
+    image_size (the intrinsics and labels are for that size)."""
+    rgb = decode_rgb(self.image, self.key)
+    if (rgb.shape[1], rgb.shape[0]) != tuple(self.image_size):
+      raise RecordError(self.key, "image_size", f"says {self.image_size} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
+    return rgb
 
   def to_bytes(self) -> bytes:
     d = dataclasses.asdict(self)

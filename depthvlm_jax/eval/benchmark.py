@@ -28,7 +28,7 @@ from absl import logging
 from depthvlm_jax.data import shards, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
 from depthvlm_jax.eval import metrics
-from depthvlm_jax.infer import canvas as canvas_lib
+from depthvlm_jax.infer import canvas as canvas_lib, exports
 from depthvlm_jax.infer.predictor import Predictor
 from depthvlm_jax.tasks import questions
 from depthvlm_jax.train import report
@@ -69,7 +69,6 @@ class _Item:
   """One record on its canvas, with its labels at the canonical resolution (bucket coordinates)."""
   index: int
   record: DepthRecord
-  rgb: np.ndarray
   canvas: canvas_lib.Canvas
   depth: Optional[np.ndarray]  # [H, W] bucket-sized, or None (sparse only)
   valid: Optional[np.ndarray]
@@ -88,8 +87,6 @@ def _sources(data: Sequence, options: Options) -> list[tuple[str, shards.ShardSo
 
 def _item(predictor: Predictor, index: int, rec: DepthRecord, options: Options) -> _Item:
   rgb = rec.decode_image()
-  if (rgb.shape[1], rgb.shape[0]) != tuple(rec.image_size):
-    raise RecordError(rec.key, "image_size", f"says {rec.image_size} but the image is {rgb.shape[1]}x{rgb.shape[0]}")
   valid = rec.valid_mask() if rec.depth is not None else None
   points = rec.points
   if points is not None and options.points_per_image:
@@ -103,7 +100,7 @@ def _item(predictor: Predictor, index: int, rec: DepthRecord, options: Options) 
     pts = cv.example.points
     lo, hi = rec.depth_range
     pts_valid = (pts[:, 2] > lo) & (pts[:, 2] <= hi)
-  return _Item(index, rec, rgb, cv, depth, valid, pts, pts_valid)
+  return _Item(index, rec, cv, depth, valid, pts, pts_valid)
 
 
 class _Scores:
@@ -159,10 +156,14 @@ def run(predictor: Predictor, data: Sequence, options: Options = Options(), out_
   for name, raw in records:
     seen += 1
     try:
-      item = _item(predictor, seen - 1, raw.decode(), options)
-    except (RecordError, ValueError) as e:
+      rec = raw.decode()  # names the shard and record itself
+      try:
+        item = _item(predictor, seen - 1, rec, options)
+      except (RecordError, ValueError) as e:
+        raise RecordError(f"{raw.where} [{rec.key}]", getattr(e, "field", "image"), getattr(e, "problem", str(e))) from e
+    except RecordError as e:
       if options.on_bad_record == "raise":
-        raise RecordError(f"{raw.where}", getattr(e, "field", "record"), getattr(e, "problem", str(e))) from e
+        raise
       logging.warning("skipping a bad record: %s", e)
       skipped[name] = skipped.get(name, 0) + 1
       continue
@@ -180,7 +181,6 @@ def run(predictor: Predictor, data: Sequence, options: Options = Options(), out_
   for protocol in sorted({p for p, _ in scores.rows}):
     results["protocols"][protocol] = _summary(scores.table(protocol), scores.domains)
   if out_dir is not None:
-    from depthvlm_jax.infer import exports  # pylint: disable=import-outside-toplevel
     for k, (it, pred) in enumerate(pictures):
       exports.save_depth_figure(f"{out_dir}/picture_{k:03d}.png", it.canvas.crop(it.canvas.example.rgb), pred,
                                 it.canvas.crop(it.depth), it.canvas.crop(it.valid), title=it.record.key)

@@ -95,8 +95,9 @@ def intrinsics_of(image_hw: Sequence[int], fx: float, fy: Optional[float] = None
 class Predictor:
   """A model, its weights and its settings; `predict`, `predict_many`, `query_points`."""
 
-  def __init__(self, model: DepthVLM, params, task, settings: Settings = Settings(), mesh=None):
+  def __init__(self, model: DepthVLM, params, task, settings: Settings = Settings(), mesh=None, rules: str = "fsdp"):
     self.model, self.params, self.task, self.settings, self.mesh = model, params, task, settings, mesh
+    self.rules = rules
     self.tok = text.load_tokenizer(settings.tokenizer)
     self.has_depth = model.cfg.depth_head is not None
     token = model.cfg.vision.token_size
@@ -122,7 +123,7 @@ class Predictor:
         c.data.tokenizer = path
     if mesh is not None:
       params = jax.device_put(params, sharding.param_shardings(abstract_params(model.cfg), mesh, c.mesh.rules))
-    return cls(model, params, experiment.task_of(c), Settings.from_config(c, **settings), mesh)
+    return cls(model, params, experiment.task_of(c), Settings.from_config(c, **settings), mesh, c.mesh.rules)
 
   # --- images -> canvases --------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Predictor:
     return depth, replies
 
   def _mesh(self):
-    return contextlib.nullcontext() if self.mesh is None else sharding.use_mesh(self.mesh, "fsdp")
+    return contextlib.nullcontext() if self.mesh is None else sharding.use_mesh(self.mesh, self.rules)
 
   # --- public entry points -------------------------------------------------------------------
 
@@ -209,7 +210,7 @@ class Predictor:
     question = prompt or self.task.prompt
     canvases = [self.canvas(rgb, tuple(intr)) for rgb, intr in images]
     out: list[Optional[Prediction]] = [None] * len(images)
-    for bucket, idx in _by_bucket(canvases).items():
+    for idx in _by_bucket(canvases).values():
       for i in range(0, len(idx), self.settings.batch_size):
         chunk = idx[i:i + self.settings.batch_size]
         depth, replies = self.generate([canvases[k].example.rgb for k in chunk], [question] * len(chunk),
