@@ -25,6 +25,7 @@ from depthvlm_jax.train.optimizer import OptimizerConfig
 from depthvlm_jax.train.step import StepConfig
 
 CONFIG_FILE = "experiment.json"  # the resolved experiment config, in the workdir
+RESULTS_FILE = "results.json"  # a finished run's final metrics (and its training median)
 LLM = ("language_model/.*", "embed_tokens/.*", "lm_head/.*")  # what stage 2 trains besides the head
 
 

@@ -8,6 +8,7 @@ Face Qwen3-VL / DepthVLM directory.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Optional
 
@@ -28,6 +29,16 @@ def experiment_config(path: str) -> Optional[ConfigDict]:
     return None
   with open(file, encoding="utf-8") as f:
     return experiment.from_json(f.read())
+
+
+def training_median(path: str) -> Optional[float]:
+  """The training-median depth a workdir's run measured (its results.json), if any: the best
+  constant, which evaluations show as a baseline."""
+  file = os.path.join(resolve(path)[0], experiment.RESULTS_FILE)
+  if not os.path.isfile(file):
+    return None
+  with open(file, encoding="utf-8") as f:
+    return json.load(f).get("training_median")
 
 
 def resolve(path: str, step: Optional[int] = None) -> tuple[str, Optional[int]]:

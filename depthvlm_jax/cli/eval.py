@@ -11,7 +11,6 @@ crop). A bad record is skipped and counted; the results are valid JSON even when
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import jax
@@ -22,7 +21,6 @@ from depthvlm_jax import loading, outputs, sharding
 from depthvlm_jax.cli import runner
 from depthvlm_jax.eval import benchmark
 from depthvlm_jax.infer.predictor import Predictor
-from depthvlm_jax.train.trainer import RESULTS
 
 FLAGS = flags.FLAGS
 CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config of a Hugging Face --model (a workdir "
@@ -49,12 +47,6 @@ flags.DEFINE_enum("on_bad_record", "skip", ["skip", "raise"], "A bad record is s
 KIND = "eval"
 
 
-def _train_median(model: str):
-  """The training median a workdir's run measured (its results.json), if any."""
-  path = Path(loading.resolve(model)[0]) / RESULTS
-  return json.loads(path.read_text(encoding="utf-8")).get("training_median") if path.is_file() else None
-
-
 def main(argv):
   del argv
   out = Path(FLAGS.out)
@@ -63,7 +55,7 @@ def main(argv):
       protocols=tuple(FLAGS.protocols), questions=tuple(FLAGS.questions), questions_per_image=FLAGS.questions_per_image,
       points_per_image=FLAGS.points_per_image, max_images=FLAGS.max_images, empty=FLAGS.empty,
       align=None if FLAGS.align == "none" else FLAGS.align,
-      train_median=FLAGS.train_median if FLAGS.train_median is not None else _train_median(FLAGS.model),
+      train_median=FLAGS.train_median if FLAGS.train_median is not None else loading.training_median(FLAGS.model),
       on_bad_record=FLAGS.on_bad_record, pictures=FLAGS.pictures).validate()
   devices = jax.device_count()
   batch = FLAGS.batch_size or devices

@@ -29,7 +29,7 @@ from depthvlm_jax.model.vlm import DepthVLM
 from depthvlm_jax.train import checkpoint, flops, preemption, report, step as step_lib
 
 KIND = "train"  # the outputs marker of a workdir
-RESULTS = "results.json"
+RESULTS = experiment.RESULTS_FILE
 
 
 class TrainingError(RuntimeError):
