@@ -62,11 +62,6 @@ def test_load_ply_refuses_other_layouts_naming_the_file(tmp_path):
       exports.load_ply(tmp_path / name)
 
 
-def test_colorize_marks_invalid_black():
-  rgb = exports.colorize(np.array([[1.0, 2.0], [0.0, 3.0]], np.float32))
-  assert rgb.shape == (2, 2, 3) and (rgb[1, 0] == 0).all() and not (rgb[0, 0] == rgb[1, 1]).all()
-
-
 def test_depth_png16_round_trips_to_the_millimetre(tmp_path):
   rng = np.random.default_rng(1)
   depth = rng.uniform(0.0, 65.0, (40, 50)).astype(np.float32)

@@ -11,28 +11,6 @@ from PIL import Image
 from depthvlm_jax import outputs
 
 
-def colorize(depth: np.ndarray, valid: np.ndarray | None = None, lo: float | None = None,
-             hi: float | None = None) -> np.ndarray:
-  """Depth [H, W] -> turbo RGB uint8 (near = red, far = blue); invalid pixels black."""
-  valid = np.isfinite(depth) & (depth > 0) if valid is None else valid
-  vals = depth[valid]
-  lo = float(vals.min()) if lo is None and vals.size else (lo or 0.0)
-  hi = float(vals.max()) if hi is None and vals.size else (hi or 1.0)
-  t = 1.0 - np.clip((depth - lo) / max(hi - lo, 1e-6), 0, 1)
-  rgb = (colormaps["turbo"](t)[..., :3] * 255).astype(np.uint8)
-  rgb[~valid] = 0
-  return rgb
-
-
-def save_depth_panel(path: str, image: np.ndarray, gt: np.ndarray, gt_valid: np.ndarray, pred: np.ndarray) -> None:
-  """RGB | ground truth | prediction side by side, one colour scale for both depths."""
-  vals = gt[gt_valid]
-  lo, hi = (float(vals.min()), float(vals.max())) if vals.size else (float(pred.min()), float(pred.max()))
-  panel = np.concatenate([image, colorize(gt, gt_valid, lo, hi), colorize(pred, None, lo, hi)], axis=1)
-  with outputs.atomic_file(path) as f:
-    Image.fromarray(panel).save(f, format="PNG")
-
-
 _PANEL_INCHES = (2.0, 3.2)  # the width range of one picture panel in `depth_figure`
 
 

@@ -33,6 +33,11 @@ def image_paths(path) -> list[Path]:
     found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not found:
       raise FileNotFoundError(f"{path} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+    stems = [p.stem for p in found]
+    twice = sorted({s for s in stems if stems.count(s) > 1})
+    if twice:  # their outputs would overwrite each other
+      raise ValueError(f"{path} holds several images named {twice} (another suffix): their outputs STEM.* would "
+                       "collide; rename them or predict them one at a time")
     return found
   if not path.is_file():
     raise FileNotFoundError(f"no image at {path}")
