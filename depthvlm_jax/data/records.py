@@ -11,6 +11,7 @@ Records are validated when built (`DepthRecord.validate`) and serialised with ms
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 from typing import Optional
@@ -38,6 +39,18 @@ class RecordError(ValueError):
   def __init__(self, record: str, field: str, problem: str):
     super().__init__(f"record {record!r}, field {field!r}: {problem}")
     self.record, self.field, self.problem = record, field, problem
+
+
+@contextlib.contextmanager
+def located(loc: str):
+  """Prefixes RecordErrors raised deeper (which name only the record key) with where the record
+  lives ('file:line', 'shard record N')."""
+  try:
+    yield
+  except RecordError as e:
+    if e.record == loc or e.record.startswith(f"{loc} ["):  # already located
+      raise
+    raise RecordError(f"{loc} [{e.record}]", e.field, e.problem) from e
 
 
 @dataclasses.dataclass

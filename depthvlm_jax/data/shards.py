@@ -24,7 +24,7 @@ import numpy as np
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from depthvlm_jax import outputs
-from depthvlm_jax.data.records import DepthRecord, RecordError
+from depthvlm_jax.data.records import DepthRecord, RecordError, located
 
 WRITER_OPTIONS = "group_size:1"
 _SHARD = re.compile(r"(.+)-\d{5}-of-\d{5}\.array_record")
@@ -154,10 +154,8 @@ class RawRecord:
     """The validated record; RecordError naming `where` (shard and index) when it is bad."""
     if self.error is not None:
       raise RecordError(self.where, "record", self.error)
-    try:
+    with located(self.where):
       return DepthRecord.from_bytes(self.data).validate()
-    except RecordError as e:
-      raise RecordError(f"{self.where} [{e.record}]", e.field, e.problem) from e
 
 
 class ShardSource:

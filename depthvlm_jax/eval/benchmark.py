@@ -26,7 +26,7 @@ import numpy as np
 from absl import logging
 
 from depthvlm_jax.data import shards, transforms
-from depthvlm_jax.data.records import DepthRecord, RecordError
+from depthvlm_jax.data.records import DepthRecord, RecordError, located
 from depthvlm_jax.eval import metrics
 from depthvlm_jax.infer import canvas as canvas_lib, exports
 from depthvlm_jax.infer.predictor import Predictor
@@ -156,11 +156,8 @@ def run(predictor: Predictor, data: Sequence, options: Options = Options(), out_
   for name, raw in records:
     seen += 1
     try:
-      rec = raw.decode()  # names the shard and record itself
-      try:
-        item = _item(predictor, seen - 1, rec, options)
-      except (RecordError, ValueError) as e:
-        raise RecordError(f"{raw.where} [{rec.key}]", getattr(e, "field", "image"), getattr(e, "problem", str(e))) from e
+      with located(raw.where):
+        item = _item(predictor, seen - 1, raw.decode(), options)
     except RecordError as e:
       if options.on_bad_record == "raise":
         raise

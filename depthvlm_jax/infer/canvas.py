@@ -35,14 +35,6 @@ class Canvas:
     return a[self.top:self.top + self.hw[0], self.left:self.left + self.hw[1]]
 
 
-def _offsets(hw: Sequence[int], intrinsics, bucket: Sequence[int], placement: str) -> tuple[int, int]:
-  """(top, left) of the image inside the bucket (>= 0)."""
-  if placement == "corner":
-    return 0, 0
-  cx, cy = intrinsics[2], intrinsics[3]
-  return bucket[0] // 2 - int(math.floor(cy + 0.5)), bucket[1] // 2 - int(math.floor(cx + 0.5))
-
-
 def needed_hw(hw: Sequence[int], intrinsics, placement: str) -> tuple[int, int]:
   """The smallest (H, W) that holds the whole image with this placement."""
   h, w = hw
@@ -67,7 +59,8 @@ def place(example: transforms.Example, buckets: Sequence[Sequence[int]], multipl
   """The example padded into its bucket, with where the image lies in it."""
   if placement not in PLACEMENTS:
     raise ValueError(f"placement {placement!r}: use one of {PLACEMENTS}")
-  hw = example.hw
-  bucket = choose_bucket(needed_hw(hw, example.intrinsics, placement), buckets, multiple)
-  top, left = _offsets(hw, example.intrinsics, bucket, placement)
-  return Canvas(transforms.window(example, -top, -left, bucket), top, left, hw)
+  bucket = choose_bucket(needed_hw(example.hw, example.intrinsics, placement), buckets, multiple)
+  placed = (transforms.principal_crop(example, bucket) if placement == "principal"
+            else transforms.window(example, 0, 0, bucket))
+  rows, cols = placed.pixel_mask.any(axis=1), placed.pixel_mask.any(axis=0)  # where the image landed
+  return Canvas(placed, int(rows.argmax()), int(cols.argmax()), example.hw)

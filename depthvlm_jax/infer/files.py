@@ -18,7 +18,7 @@ from absl import logging
 
 from depthvlm_jax import outputs
 from depthvlm_jax.data import shards
-from depthvlm_jax.data.records import RecordError
+from depthvlm_jax.data.records import RecordError, located
 from depthvlm_jax.infer import camera, exports
 from depthvlm_jax.infer.predictor import Predictor, intrinsics_of, load_rgb
 from depthvlm_jax.train import report
@@ -134,11 +134,9 @@ def predict_records(predictor: Predictor, data, out: Path, max_images: int = 0, 
   for i in range(total):
     raw = source[i]
     try:
-      rec = raw.decode()
-      try:
+      with located(raw.where):
+        rec = raw.decode()
         pending.append((rec, rec.decode_image()))
-      except RecordError as e:
-        raise RecordError(f"{raw.where} [{rec.key}]", e.field, e.problem) from e
     except RecordError as e:
       if on_bad_record == "raise":
         raise

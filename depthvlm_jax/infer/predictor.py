@@ -154,14 +154,11 @@ class Predictor:
     return text.chat_tokens(self.tok, (hw[0] // t) * (hw[1] // t), question)[0]
 
   def _prompt_ids(self, questions: Sequence[str], hw: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded chat prompts to a multiple of 8 tokens (few distinct lengths to compile)."""
+    """Right-padded chat prompts to a multiple of 8 tokens (few distinct lengths to compile)."""
     rows = [self._chat(q, hw) for q in questions]
-    length = -(-max(len(r) for r in rows) // 8) * 8
-    ids = np.full((len(rows), length), self.tok.pad_id, np.int32)
-    mask = np.zeros((len(rows), length), np.int32)
-    for i, r in enumerate(rows):
-      ids[i, length - len(r):], mask[i, length - len(r):] = r, 1
-    return ids, mask
+    batch = text.pad_batch([(r, np.zeros(len(r), bool)) for r in rows], -(-max(map(len, rows)) // 8) * 8,
+                           self.tok.pad_id)
+    return batch.input_ids, batch.attention_mask
 
   # --- model calls ---------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ each JSONL line into a record inside `located(...)`, which adds the line to any 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path, PurePosixPath
 from typing import Iterator, Optional
@@ -15,7 +14,7 @@ from typing import Iterator, Optional
 import numpy as np
 from PIL import Image
 
-from depthvlm_jax.data.records import RecordError, decode_rgb
+from depthvlm_jax.data.records import RecordError, decode_rgb, located  # noqa: F401 (converters import it here)
 
 # Benchmark domains and depth ranges (metres), as DepthVLM-Bench evaluates them.
 DATASETS = {
@@ -60,17 +59,6 @@ def jsonl_rows(path) -> Iterator[tuple[str, dict]]:
     if not isinstance(row, dict):
       raise RecordError(loc, "json", f"expected a JSON object, got {type(row).__name__}")
     yield loc, row
-
-
-@contextlib.contextmanager
-def located(loc: str):
-  """Prefixes RecordErrors raised deeper (which name only the record key) with 'file:line'."""
-  try:
-    yield
-  except RecordError as e:
-    if e.record == loc or e.record.startswith(f"{loc} ["):  # already located
-      raise
-    raise RecordError(f"{loc} [{e.record}]", e.field, e.problem) from e
 
 
 def require(row: dict, field: str, loc: str):
