@@ -80,7 +80,7 @@ def measure(c, batch_size: int, repeats: int) -> dict:
     with sharding.use_mesh(mesh, "fsdp"):
       row[f"{name}_s"] = best_time(lambda: fn(state, batch)[1]["loss"], repeats)
     row[f"{name}_over_forward"] = row[f"{name}_s"] / row["forward_s"]
-    f = flops.step_flops(model, batch_size, hw, host["input_ids"].shape[1], stage.step.optimizer.trainable)
+    f = flops.step_flops(exp.model, batch_size, hw, host["input_ids"].shape[1], stage.step.optimizer.trainable)
     row[f"{name}_model_flops_over_forward"] = f.train / f.forward
   row["head_share_of_forward_flops"] = f.head / f.forward
   return row

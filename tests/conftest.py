@@ -1,3 +1,4 @@
+import functools
 import os
 import sys
 import tempfile
@@ -7,7 +8,9 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(__file__))
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
+import pytest  # noqa: E402
 from absl import flags  # noqa: E402
 
 # grain's worker processes read absl flags, which pytest never parses.
@@ -18,3 +21,10 @@ flags.FLAGS.mark_as_parsed()
 jax.config.update("jax_default_prng_impl", "rbg")
 jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "depthvlm_jax_test_cache"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+@pytest.fixture
+def unrolled_scans(monkeypatch):
+  """Flax scans unrolled while the test traces: XLA's cost analysis counts a loop body once, not
+  once per layer."""
+  monkeypatch.setattr(nn, "scan", functools.partial(nn.scan, unroll=True))

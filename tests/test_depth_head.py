@@ -84,21 +84,6 @@ def test_patch_deconv_matches_conv_transpose(stride):
   assert max_diff(out, ref) < 1e-5
 
 
-@pytest.mark.parametrize("in_hw,out_hw", [
-    ((3, 5), (6, 10)),     # x2 (the fusion blocks)
-    ((4, 6), (13, 17)),    # upsample, non-integer ratio
-    ((9, 12), (4, 5)),     # downsample
-    ((6, 7), (1, 1)),      # single output pixel: torch samples index 0
-    ((1, 5), (4, 3)),      # single input row
-])
-def test_resize_matches_torch_align_corners(in_hw, out_hw):
-  x = rand(2, *in_hw, 3)
-  out = dh.resize_bilinear_align_corners(jnp.asarray(x), out_hw)
-  ref = F.interpolate(nchw(x), size=out_hw, mode="bilinear", align_corners=True).permute(0, 2, 3, 1)
-  assert out.shape == (2, *out_hw, 3)
-  assert max_diff(out, ref) < 1e-6
-
-
 def test_layernorm_matches_torch():
   tln = randomize(tnn.LayerNorm(C, eps=1e-5))
   x = 3.0 * rand(2, 15, C) + 1.0

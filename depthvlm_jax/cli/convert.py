@@ -28,7 +28,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Hugging Face Qwen3-VL / DepthVLM directory, training workdir (its latest "
                     "checkpoint), or one checkpoint of a workdir (WORKDIR/checkpoints/STEP) to read.")
 flags.DEFINE_integer("step", None, "With a workdir --src: the checkpoint step to export (default: the latest).")
-flags.DEFINE_string("preset", None, "Instead of --src: random-initialise this preset (tiny, 2b, 4b, 8b).")
+flags.DEFINE_string("preset", None, "Instead of --src: random-initialise this preset (tiny, mid, 2b, 4b, 8b).")
 flags.DEFINE_string("dst", None, "Output directory: new, empty, or an earlier export.", required=True)
 flags.DEFINE_bool("overwrite", False, "Write into a --dst that holds other files (its config.json and weights "
                   "are replaced, other files kept).")

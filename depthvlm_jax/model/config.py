@@ -80,7 +80,7 @@ class ModelConfig:
   dtype: str = "float32"  # activation/compute dtype ("bfloat16" on accelerators)
   param_dtype: str = "float32"
   remat_policy: str = "none"  # none | full | dots | dots_no_batch (see model/layers.py)
-  attention_impl: str = "xla"  # xla | jax | cudnn (see model/layers.attention)
+  attention_impl: str = "xla"  # xla | jax | cudnn | splash (see model/layers.attention)
 
   def replace(self, **kwargs: Any) -> "ModelConfig":
     return dataclasses.replace(self, **kwargs)
@@ -146,11 +146,23 @@ PRESETS = {
         depth_head=DepthHeadConfig(features=16, out_channels=(8, 16, 32, 32), mlp_hidden=64),
         tie_word_embeddings=False,
         image_token_id=500, video_token_id=501, vision_start_token_id=498, vision_end_token_id=499),
+    # Mid-size random model for CPU benchmarks against torch and FLOP checks: a real shape
+    # (GQA, head_dim 64, the release's DPT widths) at a size a 2-core machine runs in seconds;
+    # special ids as the tiny tokenizer has them, so the data pipeline feeds it.
+    "mid": lambda: ModelConfig(
+        vision=VisionConfig(depth=8, hidden_size=256, intermediate_size=1024, num_heads=4,
+                            out_hidden_size=512, num_position_embeddings=576,
+                            deepstack_visual_indexes=(1, 3, 5)),
+        text=TextConfig(vocab_size=8192, hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                        num_attention_heads=8, num_key_value_heads=2, head_dim=64,
+                        rope_theta=10000.0, mrope_section=(12, 10, 10), max_position_embeddings=8192),
+        tie_word_embeddings=False,
+        image_token_id=500, video_token_id=501, vision_start_token_id=498, vision_end_token_id=499),
 }
 
 
 def get_config(name: str, **overrides: Any) -> ModelConfig:
-  """A preset by name ("2b", "4b", "8b", "tiny"), with top-level field overrides."""
+  """A preset by name ("2b", "4b", "8b", "tiny", "mid"), with top-level field overrides."""
   if name not in PRESETS:
     raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
   return _validate(PRESETS[name]().replace(**overrides))

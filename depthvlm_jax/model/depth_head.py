@@ -32,6 +32,7 @@ import numpy as np
 
 from depthvlm_jax.model import layers
 from depthvlm_jax.model.config import DepthHeadConfig
+from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
 TOKEN_PIXELS = 32  # input pixels per LLM token along each axis (Qwen3-VL: patch 16, merge 2)
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -44,38 +45,6 @@ CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 DECONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform", batch_axis=(0, 1))
 
 HW = tuple[int, int]
-
-
-def _interp_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """[out, in] weights of 1-D linear interpolation with align_corners=True.
-
-  Source positions are computed in float32 as torch's CPU kernel does, so the weights
-  are F.interpolate's own.
-  """
-  scale = np.float32(in_size - 1) / np.float32(out_size - 1) if out_size > 1 else np.float32(0)
-  src = scale * np.arange(out_size, dtype=np.float32)
-  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-  hi = np.minimum(lo + 1, in_size - 1)
-  frac = np.clip(src - lo.astype(np.float32), 0, 1)
-  m = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(m, (rows, lo), 1 - frac)
-  np.add.at(m, (rows, hi), frac)
-  return m
-
-
-def resize_bilinear_align_corners(x: jax.Array, out_hw: HW) -> jax.Array:
-  """[B, H, W, C] -> [B, *out_hw, C], equal to torch's bilinear F.interpolate(align_corners=True).
-
-  jax.image.resize uses half-pixel centres, hence this function. It is two small
-  interpolation-matrix products rather than gathers: matmuls run on the MXU, their
-  gradient is again a matmul (a gather's is a scatter-add, slow on TPU), and the extra
-  FLOPs are small next to the head's 3x3 convs at the same resolution.
-  """
-  mh = jnp.asarray(_interp_matrix(x.shape[1], out_hw[0]), x.dtype)
-  mw = jnp.asarray(_interp_matrix(x.shape[2], out_hw[1]), x.dtype)
-  x = jnp.einsum("oh,bhwc->bowc", mh, x, precision=_HIGHEST)
-  return jnp.einsum("pw,bowc->bopc", mw, x, precision=_HIGHEST)
 
 
 def _conv(features: int, kernel: int, use_bias: bool, name: str, dtype: str, param_dtype: str):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from depthvlm_jax.data.text import IGNORE_ID
-from depthvlm_jax.model.depth_head import resize_bilinear_align_corners
+from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
 SILOG_VARIANCE_FOCUS = 0.5  # lambda in sqrt(mean(d^2) - lambda * mean(d)^2), the releases' value
 SILOG_EPS = 1e-8

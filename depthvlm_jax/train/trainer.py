@@ -284,7 +284,7 @@ class _StageRun:
     state, skipped_records = self._initial_state(params, shardings, data, resume)
     train_step = step_lib.jit_step(step_lib.make_step(self.model, exp.task, cfg), shardings, mesh)
     seq_len = pipeline.sequence_length(data_cfg, text.load_tokenizer(c.data.tokenizer))
-    step_flops = flops.step_flops(self.model, stage.batch_size, tuple(c.data.image_hw), seq_len,
+    step_flops = flops.step_flops(exp.model, stage.batch_size, tuple(c.data.image_hw), seq_len,
                                   cfg.optimizer.trainable,
                                   with_depth="depth" in {k for k, w in cfg.loss_weights.items() if w})
     peak = flops.peak_flops()
