@@ -20,9 +20,11 @@ def setup():
 
 
 def loss_and_grads(cfg, params, args):
+  real = args[2][..., None]  # padding positions' outputs and gradients are impl-defined (layers.attention)
+
   def loss(p):
     out = DepthVLM(cfg).apply({"params": p}, *args)
-    return jnp.mean(out.logits ** 2) + jnp.mean(jnp.log(out.depth))
+    return jnp.sum(out.logits ** 2 * real) / (jnp.sum(real) * out.logits.shape[-1]) + jnp.mean(jnp.log(out.depth))
   return jax.jit(jax.value_and_grad(loss))(params)
 
 

@@ -43,7 +43,7 @@ class Attention(nn.Module):
   attention_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, cos, sin, bias, layer_cache, cache_index):
+  def __call__(self, x, cos, sin, mask, layer_cache, cache_index):
     cfg = self.cfg
     b, l, _ = x.shape
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
@@ -64,7 +64,7 @@ class Attention(nn.Module):
       k, v, new_cache = ck.astype(q.dtype), cv.astype(q.dtype), (ck, cv)
     else:
       new_cache = None
-    out = layers.attention(q, k, v, bias, self.attention_impl).reshape(b, l, nq * hd)
+    out = layers.attention(q, k, v, mask, self.attention_impl).reshape(b, l, nq * hd)
     return layers.Dense(cfg.hidden_size, ("q_heads", "embed"), cfg.attention_bias, name="o_proj", **kw)(out), new_cache
 
 
@@ -90,12 +90,12 @@ class DecoderLayer(nn.Module):
   attention_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, layer_in, cos, sin, bias, deepstack, cache_index):
+  def __call__(self, x, layer_in, cos, sin, mask, deepstack, cache_index):
     layer_idx, layer_cache = layer_in
     kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     eps = self.cfg.rms_norm_eps
     h, new_cache = Attention(self.cfg, name="self_attn", attention_impl=self.attention_impl, **kw)(
-        layers.RMSNorm(eps, "embed", name="input_layernorm", **kw)(x), cos, sin, bias, layer_cache, cache_index)
+        layers.RMSNorm(eps, "embed", name="input_layernorm", **kw)(x), cos, sin, mask, layer_cache, cache_index)
     x = x + h
     x = x + MLP(self.cfg, name="mlp", **kw)(layers.RMSNorm(eps, "embed", name="post_attention_layernorm", **kw)(x))
     if deepstack is not None:
@@ -116,7 +116,7 @@ class Decoder(nn.Module):
   attention_impl: str = "xla"
 
   @nn.compact
-  def __call__(self, x, cos, sin, bias, deepstack=None, cache: Optional[KVCache] = None):
+  def __call__(self, x, cos, sin, mask: layers.AttentionMask, deepstack=None, cache: Optional[KVCache] = None):
     cfg = self.cfg
     layer = layers.maybe_remat(DecoderLayer, self.remat_policy)
     stack = nn.scan(layer, variable_axes={"params": 0}, split_rngs={"params": True},
@@ -127,6 +127,6 @@ class Decoder(nn.Module):
     cache_index = None if cache is None else cache.index
     x, new_kv = stack(cfg, self.num_deepstack, name="layers", dtype=self.dtype, param_dtype=self.param_dtype,
                       attention_impl=self.attention_impl)(
-        x, (idx, layer_caches), cos, sin, bias, deepstack, cache_index)
+        x, (idx, layer_caches), cos, sin, mask, deepstack, cache_index)
     x = layers.RMSNorm(cfg.rms_norm_eps, "embed", name="norm", dtype=self.dtype, param_dtype=self.param_dtype)(x)
     return x, new_kv

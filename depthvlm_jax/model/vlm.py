@@ -102,8 +102,8 @@ class DepthVLM(nn.Module):
     if positions is None:
       positions = rope.mrope_positions(input_ids, attention_mask, cfg.image_token_id, grid)
     cos, sin = rope.text_mrope(positions, cfg.text.head_dim, cfg.text.rope_theta, cfg.text.mrope_section)
-    bias, cache = self._attention_bias(b, l, attention_mask, cache)
-    hidden, new_kv = self.language_model(x, cos, sin, bias, deepstack_seq, cache)
+    mask, cache = self._attention_mask(b, l, attention_mask, cache)
+    hidden, new_kv = self.language_model(x, cos, sin, mask, deepstack_seq, cache)
     if cache is not None:
       cache = cache._replace(k=new_kv[0], v=new_kv[1], index=cache.index + l)
 
@@ -121,14 +121,10 @@ class DepthVLM(nn.Module):
       depth = self.depth_head(feats, grid)
     return VLMOutput(logits=logits, depth=depth, positions=positions, cache=cache, hidden=hidden)
 
-  def _attention_bias(self, b, l, attention_mask, cache):
-    """Causal + padding bias over the keys: the L new ones, or the whole cache."""
+  def _attention_mask(self, b, l, attention_mask, cache):
+    """Causal + padding over the keys: the L new ones, or the whole cache (queries from its index)."""
     valid_new = jnp.ones((b, l), bool) if attention_mask is None else attention_mask.astype(bool)
     if cache is None:
-      keep = jnp.tril(jnp.ones((l, l), bool))[None] & valid_new[:, None, :]
-      return layers.mask_to_bias(keep)[:, None], None
-    s = cache.valid.shape[1]
+      return layers.AttentionMask(valid_new), None
     valid = jax.lax.dynamic_update_slice(cache.valid, valid_new, (0, cache.index))
-    q_slot = cache.index + jnp.arange(l)
-    keep = (jnp.arange(s)[None, :] <= q_slot[:, None])[None] & valid[:, None, :]
-    return layers.mask_to_bias(keep)[:, None], cache._replace(valid=valid)
+    return layers.AttentionMask(valid, cache.index), cache._replace(valid=valid)
