@@ -1,7 +1,7 @@
 """DepthVLM's recipe (REFERENCE.md 1) on Qwen3-VL: arg = "2b|4b|8b[,stage1|stage2]".
 
   depthvlm-train --config=configs/depthvlm.py:4b,stage1 --workdir=$RUN/stage1 \
-      --config.data.train.mix.paths='gs://bucket/depthvlm/train/*'
+      --config.data.train.mix.paths='/gcs/depthvlm/train/*'
   depthvlm-train --config=configs/depthvlm.py:4b,stage2 --workdir=$RUN/stage2 \
       --config.model.init_from=$RUN/stage1 --config.data.train.mix.paths=...
 

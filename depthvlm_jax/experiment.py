@@ -104,6 +104,16 @@ def _fail(key: str, value, problem: str):
   raise ConfigError(f"config.{key}={value!r}: {problem}")
 
 
+URL_HELP = ("URLs (gs://, s3://) are not read yet: mount the bucket at the same path on every host "
+            "(Cloud Storage FUSE; README 'Launching on pods and clusters') and give that path")
+
+
+def check_local(key: str, value) -> None:
+  """Paths are read with the local filesystem API: a URL would silently become a local folder."""
+  if isinstance(value, str) and "://" in value:
+    raise ConfigError(f"{key}={value!r}: {URL_HELP}")
+
+
 def model_config(c: ConfigDict) -> ModelConfig:
   m = c.model
   vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.vision.items()})
@@ -131,6 +141,7 @@ def sources(section: ConfigDict, key: str) -> tuple[pipeline.Source, ...]:
       _fail(f"{key}.{name}.paths", s.paths, "give ArrayRecord shards (a glob, folder or path)")
     if not (s.weight > 0 and math.isfinite(s.weight)):
       _fail(f"{key}.{name}.weight", s.weight, "must be a positive number")
+    check_local(f"config.{key}.{name}.paths", s.paths)
     out.append(pipeline.Source(s.paths, weight=float(s.weight)))
   return tuple(out)
 
@@ -233,7 +244,17 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
       _fail("eval.batch_size", c.eval.batch_size, f"must divide over the mesh's data x fsdp = {batch_devices} devices")
   if c.data.train:
     sources(c.data.train, "data.train")
+  if c.eval.sources:
+    sources(c.eval.sources, "eval.sources")
+  for key in ("model.init_from", "data.tokenizer", "data.render.dir"):
+    check_local(f"config.{key}", _get(c, key))
   return Experiment(c, task, model, stages)
+
+
+def _get(c: ConfigDict, key: str):
+  for part in key.split("."):
+    c = c.get(part) if c is not None else None
+  return c
 
 
 def init_distributed(c: ConfigDict) -> None:

@@ -145,6 +145,8 @@ def test_gradient_accumulation_equals_the_whole_batch(tiny, batch):
     ("stages.stage1.lr", -1.0, r"config.stages.stage1.lr=-1.0"),
     ("data.canonical_fx", 0.0, r"config.data.canonical_fx=0.0"),
     ("task", "dense", r"unknown task 'dense'"),
+    ("model.init_from", "gs://b/qwen", r"config.model.init_from='gs://b/qwen': URLs .* mount the bucket"),
+    ("data.tokenizer", "s3://b/tok", r"config.data.tokenizer='s3://b/tok': URLs"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(key, value, match):
   c = tiny_config()
@@ -155,6 +157,18 @@ def test_bad_configs_fail_at_start_naming_the_key(key, value, match):
   node[leaf] = value
   with pytest.raises(experiment.ConfigError, match=match):
     experiment.build(c, num_devices=4)
+
+
+def test_url_workdirs_and_data_paths_are_refused_not_written_locally(tmp_path, monkeypatch):
+  from depthvlm_jax.train import trainer
+  monkeypatch.chdir(tmp_path)
+  c = tiny_config()
+  with pytest.raises(experiment.ConfigError, match=r"--workdir='gs://b/run': URLs"):
+    trainer.prepare_workdir("gs://b/run", c)
+  c.data.train = {"mix": experiment.source("gs://b/train/*")}
+  with pytest.raises(experiment.ConfigError, match=r"config.data.train.mix.paths='gs://b/train/\*': URLs"):
+    experiment.build(c)
+  assert not list(tmp_path.iterdir())
 
 
 def test_init_from_a_qwen3_vl_checkpoint_keeps_its_weights_and_starts_the_head_fresh(tmp_path):

@@ -49,6 +49,7 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
   resume from: the same command run again goes on from the latest committed checkpoint of the
   same experiment. With `overwrite`, an earlier run's own files are removed and the run starts
   over; nothing else in the directory is touched."""
+  experiment.check_local("--workdir", workdir)
   path = Path(workdir)
   if jax.process_index() != 0:  # process 0 checks and writes; the others follow its decision
     multihost_utils.sync_global_devices("workdir ready")
