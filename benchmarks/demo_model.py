@@ -1,4 +1,4 @@
-"""The demo experiment's config (configs/demo.py), for benchmarks run from any folder."""
+"""Experiment configs (configs/NAME.py), for benchmarks run from any folder."""
 
 from __future__ import annotations
 
@@ -8,8 +8,13 @@ import os
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def demo_config():
-  spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "configs", "demo.py"))
+def load_config(name: str, arg=None):
+  """configs/NAME.py's get_config(arg)."""
+  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config()
+  return module.get_config(arg)
+
+
+def demo_config():
+  return load_config("demo")

@@ -189,6 +189,11 @@ class ExampleFn(grain.transforms.RandomMap):
                 attention_mask=toks.attention_mask[0], labels=toks.labels[0], weight=np.float32(weight))
 
 
+def example_shapes(cfg: PipelineConfig) -> dict[str, jax.ShapeDtypeStruct]:
+  """One example's shapes and dtypes as the pipeline makes them, without a record (for plans)."""
+  return {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype) for k, v in ExampleFn(cfg)._empty().items()}
+
+
 def _fixed_points(points: Optional[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarray]:
   out, valid = np.zeros((k, 3), np.float32), np.zeros(k, bool)
   if points is not None and len(points):
