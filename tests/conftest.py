@@ -1,3 +1,4 @@
+import collections
 import functools
 import os
 import sys
@@ -28,3 +29,11 @@ def unrolled_scans(monkeypatch):
   """Flax scans unrolled while the test traces: XLA's cost analysis counts a loop body once, not
   once per layer."""
   monkeypatch.setattr(nn, "scan", functools.partial(nn.scan, unroll=True))
+
+
+def pytest_collection_modifyitems(items):
+  """Files with the most slow tests first. setup.cfg runs the files on two xdist workers, in this
+  order (--no-loadscope-reorder), so the longest files start at once beside each other instead of
+  one of them starting last."""
+  slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+  items.sort(key=lambda item: -slow[item.path])  # stable: the order within a file is kept

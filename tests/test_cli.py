@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
-
 import pytest
 from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -21,10 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(name, *args, cwd=None):
   """Runs `depthvlm-NAME args` as a fresh process (as the console script does)."""
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  # One CPU device, and the tests' compilation cache (conftest.py): a program that another command
+  # or test compiled before loads from it.
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", f"depthvlm_jax.cli.{name}", *args], capture_output=True, text=True,
-                        cwd=cwd, env=env, timeout=600)
+                        cwd=cwd, env=env, timeout=900)
 
 
 def error_line(proc):
@@ -141,7 +144,9 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
   short = ["--config.stages.stage1.steps=2", "--config.stages.stage2.steps=3", "--config.data.render.train=16",
            "--config.data.render.eval=8", f"--config.data.render.dir={data}",
            f"--config.data.train.synthetic.paths={data}/train", f"--config.eval.sources.synthetic.paths={data}/eval",
-           "--config.eval.num_batches=1", "--config.checkpoint.every_steps=0", "--config.log.every_steps=1"]
+           "--config.eval.num_batches=1", "--config.checkpoint.every_steps=0", "--config.log.every_steps=1",
+           # Smaller windows than the demo's 160x192 (its scenes then 29-67 px wide): seconds, not minutes.
+           "--config.data.image_hw=(64,96)", "--config.data.canonical_fx=40", "--config.eval.buckets=((64,96),)"]
   train = cli("train", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", *short, cwd=REPO)
   assert train.returncode == 0, train.stderr
   run = tmp_path / "run"
@@ -179,7 +184,6 @@ def check_export_to_transformers(workdir, hf_dir):
   """A trained run exported with depthvlm-convert: transformers loads it with the project's
   logits, its depth_head.* tensors are there, and importing it again gives the same bytes."""
   from hf_utils import hf_inputs, make_batch, torch, transformers  # torch: test-only
-  import jax
   import depthvlm_jax as dvlm
   from depthvlm_jax.convert import safetensors_io
 

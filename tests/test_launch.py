@@ -1,34 +1,25 @@
 """launch/: the scripts pass shellcheck; every launcher ends in launch/worker.sh on each host with
 the right distributed settings (the cluster tools gcloud, srun and xpk are stand-ins that record
-their calls); and worker.sh itself trains in two processes on localhost, as on a real cluster."""
+their calls). worker.sh itself trains in two processes on localhost in test_resume.py, beside the
+one-process run it must equal."""
 
 import json
 import os
 import shutil
-import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from depthvlm_jax.data import shards, synthetic
-from depthvlm_jax.train import checkpoint, report
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch"
 SCRIPTS = sorted(LAUNCH.glob("*.sh")) + sorted(LAUNCH.glob("*.sbatch"))
 TRAIN_ARGS = ["--config=configs/depthvlm.py:4b,stage1", "--workdir=/shared/runs/s1",
               "--config.data.train.mix.paths=/shared/data/train/*"]
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
 
 
 def test_scripts_pass_shellcheck():
@@ -164,63 +155,3 @@ def test_worker_refuses_incomplete_distributed_settings(args, message):
   proc = subprocess.run(["bash", str(LAUNCH / "worker.sh"), *args, "--config=configs/demo.py"],
                         capture_output=True, text=True)
   assert proc.returncode == 2 and message in proc.stderr, proc.stderr
-
-
-# --- worker.sh for real: two processes on localhost ----------------------------------------------
-
-# The resume tests' experiment (the demo model on synthetic shards) cut to its cheapest: stage 1
-# alone, one step, the per-token MLP head (its compile is a fraction of the DPT head's).
-ONE_STEP_CONFIG = """
-import importlib.util
-
-spec = importlib.util.spec_from_file_location("resume_config", {resume!r})
-resume = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(resume)
-
-
-def get_config(data_dir):
-  c = resume.get_config(data_dir)
-  c.stages = {{"stage1": c.stages.stage1}}
-  c.stages.stage1.steps = 1
-  c.model.depth_head.kind = "mlp"
-  c.data.worker_count = 0
-  return c
-"""
-
-
-@pytest.mark.slow
-def test_worker_trains_in_two_processes_on_localhost(tmp_path):
-  """Each process has 2 CPU devices; the default mesh (fsdp=-1) spans all 4 across both, and
-  gloo carries the collectives. Process 0 alone writes the logs and results; the checkpoint holds
-  both processes' data-iterator states."""
-  data = tmp_path / "data"
-  shards.write_shards(synthetic.generate(16, synthetic.SceneConfig(kind="mixed"), seed0=0, split="train"),
-                      data / "train", "synthetic_train")
-  config = tmp_path / "one_step.py"
-  config.write_text(ONE_STEP_CONFIG.format(resume=str(REPO / "tests" / "configs" / "resume.py")))
-  workdir = tmp_path / "run"
-  port = free_port()
-  env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-         "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo", "JAX_DEFAULT_PRNG_IMPL": "rbg",  # cheaper init, as conftest.py
-         "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}",  # depthvlm-train
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "depthvlm_jax_test_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
-  logs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
-  procs = [subprocess.Popen(["bash", str(LAUNCH / "worker.sh"), f"--coordinator=localhost:{port}", "--num-processes=2",
-                             f"--process-id={i}", f"--config={config}:{data}", f"--workdir={workdir}"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT) for i, log in enumerate(logs)]
-  try:
-    for proc, log in zip(procs, logs):
-      proc.wait(timeout=300)
-      log.seek(0)
-      assert proc.returncode == 0, log.read()[-3000:]
-  finally:
-    for proc, log in zip(procs, logs):
-      proc.kill()  # after a failure, so that the other one does not wait for it in a collective
-      log.close()
-  saved = json.loads((workdir / "experiment.json").read_text())["distributed"]
-  assert saved == {"enabled": True, "coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": 0}
-  rows = [r for r in report.read_metrics(workdir / report.METRICS_FILE) if "stage1/loss" in r]
-  assert [r["step"] for r in rows] == [1]  # once: process 0 writes the metrics, process 1 does not
-  assert (workdir / "results.json").is_file()
-  assert checkpoint.latest(str(workdir)).processes == 2

@@ -29,7 +29,7 @@ def test_two_process_forward_equals_single_process(tmp_path):
   env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
   procs = [subprocess.Popen([sys.executable, worker, str(i), port, str(tmp_path)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  logs = [p.communicate(timeout=300)[0] for p in procs]
+  logs = [p.communicate(timeout=900)[0] for p in procs]
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-3000:]
   ids, pixels = inputs()

@@ -2,6 +2,7 @@
 step, each time restarted with the same command, ends with the same losses, batches and weights,
 bit for bit, as the run that was never interrupted; a changed setting refuses to resume."""
 
+import json
 import os
 import random
 import signal
@@ -54,7 +55,7 @@ def start(cmd, devices=8, **env_vars):
   return proc
 
 
-def finish(proc, timeout=300):
+def finish(proc, timeout=900):
   """(exit code, stdout, stderr) once the process ended."""
   proc.wait(timeout=timeout)
   texts = []
@@ -75,7 +76,7 @@ def logged_steps(workdir: Path) -> list[int]:
 def wait_for_step(proc, workdir: Path, step: int, resumed_from: int = 0) -> None:
   """Blocks until this run has logged `step`. A resumed run first drops the lines that the
   killed one logged after its checkpoint (`resumed_from`); those do not count."""
-  deadline = time.time() + 300
+  deadline = time.time() + 900
   started = not resumed_from
   while time.time() < deadline:
     if proc.poll() is not None:
@@ -171,23 +172,32 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_like_one_and_their_checkpoint_loads_in_one(data_dir, reference, tmp_path):
-  """jax.distributed on localhost (gloo), 4 CPU devices per process, each loading half of every
-  batch."""
+  """launch/worker.sh (the launchers' per-host script) in two processes on localhost: jax.distributed
+  over gloo, 4 CPU devices per process, each loading half of every batch."""
   ref_dir, reference = reference
   run_dir = tmp_path / "run"
   port = free_port()
   # The reference's mesh (fsdp=8), now across two processes. (A tensor-parallel mesh sums in
   # another order, and after Adam's first update the losses differ by ~1e-4: test_multihost.py
   # checks such a mesh on one forward.)
-  procs = [start(command(data_dir, run_dir, "--config.distributed.enabled=True", "--config.data.worker_count=0",
-                         f"--config.distributed.coordinator_address=localhost:{port}",
-                         "--config.distributed.num_processes=2", f"--config.distributed.process_id={i}"),
-                 devices=4, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo") for i in range(2)]
-  for proc in procs:
-    code, _, err = finish(proc)
-    assert code == 0, err[-3000:]
+  procs = [start(["bash", str(REPO / "launch" / "worker.sh"), f"--coordinator=localhost:{port}", "--num-processes=2",
+                  f"--process-id={i}", *command(data_dir, run_dir, "--config.data.worker_count=0")[3:]],
+                 devices=4, JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+                 PATH=f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}")  # depthvlm-train
+           for i in range(2)]
+  try:
+    for proc in procs:
+      code, _, err = finish(proc)
+      assert code == 0, err[-3000:]
+  finally:
+    for proc in procs:
+      if proc.poll() is None:  # after a failure, so that the other one does not wait in a collective
+        os.killpg(proc.pid, signal.SIGKILL)
+  saved = json.loads((run_dir / "experiment.json").read_text())["distributed"]
+  assert saved == {"enabled": True, "coordinator_address": f"localhost:{port}", "num_processes": 2, "process_id": 0}
+  assert [r["step"] for r in report.read_metrics(run_dir / report.METRICS_FILE) if "stage1/loss" in r] == [1, 2, 3, 4]
   rows = losses(run_dir)  # written by process 0 alone: one line per step
-  assert sorted(rows) == sorted(reference)
+  assert sorted(rows) == sorted(reference) and (run_dir / "results.json").is_file()
   for step, (loss, crc, grad_norm) in rows.items():
     np.testing.assert_allclose(loss, reference[step][0], rtol=1e-5, err_msg=f"step {step}")
     np.testing.assert_allclose(grad_norm, reference[step][2], rtol=1e-4, err_msg=f"step {step}")
