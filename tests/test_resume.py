@@ -47,7 +47,7 @@ def start(cmd, devices=8, **env_vars):
   # Eight CPU devices (an fsdp=8 mesh), and the tests' compilation cache so that restarts compile nothing.
   env = {**os.environ, **env_vars, "JAX_PLATFORMS": "cpu",
          "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-         "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "depthvlm_jax_test_cache"),
+         "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,  # conftest.py
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
   out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
   proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err, text=True, start_new_session=True)
