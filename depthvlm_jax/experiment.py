@@ -93,8 +93,10 @@ def base_config() -> ConfigDict:
   c.log = ConfigDict(dict(every_steps=10, max_skipped_in_row=20, batch_crc32=False))
   # Multi-host: `enabled` calls jax.distributed.initialize() before anything else, with the
   # coordinator given here or, when it is empty, detected from the cluster (TPU pod, SLURM,
-  # Open MPI, Kubernetes).
-  c.distributed = ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+  # Open MPI, Kubernetes). Processes wait for each other (data rendering, compilation) up to
+  # barrier_timeout_s.
+  c.distributed = ConfigDict(dict(enabled=False, coordinator_address="", num_processes=0, process_id=-1,
+                                  barrier_timeout_s=3600))
   return c
 
 

@@ -122,3 +122,22 @@ def init_distributed(coordinator_address: str | None = None, num_processes: int 
   except (ValueError, RuntimeError) as e:
     raise RuntimeError(f"jax.distributed.initialize failed ({e}): give distributed.coordinator_address, "
                        "num_processes and process_id, or run inside a cluster that JAX detects") from e
+
+
+def barrier(name: str, timeout_s: int) -> None:
+  """Waits until every process got here, through the coordination service: no device program,
+  so the wait may be long (a collective would fail after its backend's own deadline: 30 s for
+  gloo on CPU). A no-op in one process."""
+  from orbax.checkpoint import multihost  # pylint: disable=import-outside-toplevel
+  multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+
+
+def compile_together(name: str, jitted, *args, barrier_timeout_s: int):
+  """`jitted` compiled for `args`, returned once every process has compiled it (`name`: unique
+  in the run, names the barrier). Processes
+  compile at different speeds; the first collective of a program that one process runs while
+  another still compiles would wait on the backend's deadline instead of this barrier's."""
+  compiled = jitted.lower(*args).compile()
+  if jax.process_count() > 1:
+    barrier(f"compiled {name}", barrier_timeout_s)
+  return compiled

@@ -1,8 +1,11 @@
 """One process of the two-process test (tests/test_multihost.py): joins the job on localhost,
-runs the sharded forward on a mesh spanning both processes, saves the gathered outputs."""
+runs the sharded forward on a mesh spanning both processes, saves the gathered outputs.
+Process 1 reaches the forward later than gloo's 30 s deadline for its first collective: the
+forward is compiled with sharding.compile_together, whose barrier waits for it."""
 
 import os
 import sys
+import time
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 os.environ["JAX_PLATFORMS"] = "cpu"
@@ -33,8 +36,12 @@ def main(process_id: int, port: str, out_dir: str) -> None:
   local = {"ids": ids[process_id * half:(process_id + 1) * half],
            "pixels": pixels[process_id * half:(process_id + 1) * half]}
   batch = pipeline.to_global(local, mesh)
+  if process_id == 1:
+    time.sleep(35)  # a slow compile, beyond gloo's 30 s
   with sharding.use_mesh(mesh):
-    out = jax.jit(dvlm.DepthVLM(CFG).apply)({"params": params}, batch["ids"], batch["pixels"])
+    forward = sharding.compile_together("forward", jax.jit(dvlm.DepthVLM(CFG).apply), {"params": params},
+                                        batch["ids"], batch["pixels"], barrier_timeout_s=300)
+    out = forward({"params": params}, batch["ids"], batch["pixels"])
   logits = multihost_utils.process_allgather(out.logits, tiled=True)
   depth = multihost_utils.process_allgather(out.depth, tiled=True)
   np.savez(os.path.join(out_dir, f"out_{process_id}.npz"), logits=logits, depth=depth,

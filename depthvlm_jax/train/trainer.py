@@ -18,7 +18,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
-from jax.experimental import multihost_utils
 from PIL import Image
 
 from depthvlm_jax import experiment, loading, outputs, sharding
@@ -52,7 +51,7 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
   experiment.check_local("--workdir", workdir)
   path = Path(workdir)
   if jax.process_index() != 0:  # process 0 checks and writes; the others follow its decision
-    multihost_utils.sync_global_devices("workdir ready")
+    sharding.barrier("workdir ready", c.distributed.barrier_timeout_s)
     return path, checkpoint.latest(str(path))
   outputs.check_destination(path, KIND, overwrite, replaces="its checkpoints, logs and pictures are replaced")
   ours = (outputs.read_marker(path) or {}).get("kind") == KIND  # only then are these names our files
@@ -77,7 +76,7 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
   except OSError as e:
     raise OSError(f"workdir {workdir} is not writable ({e.strerror or e}): choose another --workdir") from e
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("workdir ready")
+    sharding.barrier("workdir ready", c.distributed.barrier_timeout_s)
   return path, resume
 
 
@@ -126,7 +125,7 @@ def render_demo_data(c) -> None:
   if jax.process_index() == 0:
     _render(r)
   if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("demo data rendered")
+    sharding.barrier("demo data rendered", c.distributed.barrier_timeout_s)
 
 
 def _render(r) -> None:
@@ -291,7 +290,7 @@ class _StageRun:
     peak = flops.peak_flops()
     progress = report.Progress(stage.steps, every=c.log.every_steps, batch_size=stage.batch_size, start_step=start,
                                enabled=jax.process_index() == 0)
-    result, window_start, window_steps, saved = {}, time.time(), 0, None
+    result, window_start, window_steps, saved, compiled = {}, time.time(), 0, None, None
 
     def save(i):
       checkpoint.save(self.mngr, state, checkpoint.Position(global_step, stage.name, i, int(state.skipped),
@@ -303,8 +302,12 @@ class _StageRun:
       for i in range(start + 1, stage.steps + 1):
         host = next(data)
         skipped_records += pipeline.skipped_in(host)
+        batch = pipeline.to_global(host, mesh)
         with sharding.use_mesh(mesh, c.mesh.rules):
-          state, metrics = train_step(state, pipeline.to_global(host, mesh))
+          if compiled is None:
+            compiled = sharding.compile_together(f"{stage.name} step", train_step, state, batch,
+                                                 barrier_timeout_s=c.distributed.barrier_timeout_s)
+          state, metrics = compiled(state, batch)
         global_step += 1
         window_steps += 1
         if i % c.log.every_steps == 0 or i == stage.steps:
