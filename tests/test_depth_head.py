@@ -8,6 +8,8 @@ quirk shows.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,10 +21,10 @@ from torch import nn as tnn
 
 from torch_dpt import TorchDPT, TorchMLP, TorchRCU, randomize
 
-from depthvlm_jax.convert import keymap
+from depthvlm_jax.convert import hf_config, keymap
 from depthvlm_jax.model import depth_head as dh
 from depthvlm_jax.model import layers
-from depthvlm_jax.model.config import DepthHeadConfig, get_config
+from depthvlm_jax.model.config import DepthHeadConfig, get_config, validate
 
 torch.set_num_threads(1)
 
@@ -163,3 +165,23 @@ def test_factory_and_validation():
   feats = [jax.ShapeDtypeStruct((1, 14, C), jnp.float32)] * 4
   with pytest.raises(ValueError, match="3x5"):
     jax.eval_shape(lambda f: dh.DPTHead(TINY).init(jax.random.key(0), f, GRID), feats)
+
+
+@pytest.mark.parametrize("kind", ["dpt", "mlp"])
+def test_exp_activation_is_exp_of_the_release_heads_last_output(tiny_dpt, kind):
+  """activation="exp" changes only the last map to metres: log(depth) is the softplus head's
+  pre-activation, softplus^-1(depth) = log(expm1(depth))."""
+  _, params, feats = tiny_dpt
+  if kind == "mlp":
+    params = dh.MLPHead(TINY).init(jax.random.key(1), feats[-1], GRID)
+    params = jax.tree.map(lambda x: x * 5.0, params)  # O(1) outputs on both sides of zero
+  cfg = dataclasses.replace(TINY, kind=kind)
+  release = dh.make_depth_head(cfg).apply(params, feats, GRID)
+  exp = dh.make_depth_head(dataclasses.replace(cfg, activation="exp")).apply(params, feats, GRID)
+  pre = np.log(np.expm1(np.asarray(release, np.float64)))
+  assert float(np.std(pre)) > 0.3 and (pre < 0).any() and (pre > 0).any()
+  np.testing.assert_allclose(np.log(np.asarray(exp, np.float64)), pre, atol=2e-4)
+  model = get_config("tiny").replace(depth_head=dataclasses.replace(cfg, activation="exp"))
+  assert hf_config.from_hf(hf_config.to_hf(model)).depth_head.activation == "exp"  # exported and re-imported
+  with pytest.raises(ValueError, match="depth_head.activation"):
+    validate(model.replace(depth_head=dataclasses.replace(cfg, activation="relu")))

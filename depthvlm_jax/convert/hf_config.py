@@ -45,7 +45,8 @@ def from_hf(hf: Mapping[str, Any], depth_head: Optional[DepthHeadConfig] = None,
     depth_head = DepthHeadConfig(
         kind=hf["depth_head_type"], features=hf.get("depth_head_features", 256),
         out_channels=tuple(hf.get("depth_head_out_channels", (256, 512, 1024, 1024))),
-        mlp_hidden=hf.get("depth_head_mlp_hidden", 1024), loss_weight=hf.get("depth_loss_weight", 1.0))
+        mlp_hidden=hf.get("depth_head_mlp_hidden", 1024), loss_weight=hf.get("depth_loss_weight", 1.0),
+        activation=hf.get("depth_head_activation", "softplus"))
   tie = hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
   cfg = ModelConfig(
       vision=vision, text=text, depth_head=depth_head, tie_word_embeddings=bool(tie),
@@ -59,12 +60,12 @@ def depth_head_from_tensors(shapes: Mapping[str, tuple[int, ...]], hf: Mapping[s
   """The head's config as the checkpoint's tensors define it (None when there is no head)."""
   if not any(k.startswith("depth_head.") for k in shapes):
     return None
-  loss_weight = hf.get("depth_loss_weight", 1.0)
+  common = dict(loss_weight=hf.get("depth_loss_weight", 1.0), activation=hf.get("depth_head_activation", "softplus"))
   if "depth_head.mlp.0.weight" in shapes:
-    return DepthHeadConfig(kind="mlp", mlp_hidden=shapes["depth_head.mlp.0.weight"][0], loss_weight=loss_weight)
+    return DepthHeadConfig(kind="mlp", mlp_hidden=shapes["depth_head.mlp.0.weight"][0], **common)
   return DepthHeadConfig(
       kind="dpt", features=shapes["depth_head.scratch.layer1_rn.weight"][0],
-      out_channels=tuple(shapes[f"depth_head.projects.{k}.weight"][0] for k in range(4)), loss_weight=loss_weight)
+      out_channels=tuple(shapes[f"depth_head.projects.{k}.weight"][0] for k in range(4)), **common)
 
 
 def to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
@@ -100,7 +101,7 @@ def to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
   }
   if cfg.depth_head is not None:
     h = cfg.depth_head
-    out.update(depth_head_type=h.kind, depth_loss_weight=h.loss_weight)
+    out.update(depth_head_type=h.kind, depth_head_activation=h.activation, depth_loss_weight=h.loss_weight)
     if h.kind == "mlp":
       out.update(depth_head_mlp_hidden=h.mlp_hidden, depth_head_feature_mode="llm_last")
     else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-from depthvlm_jax.model.layers import ATTENTION_IMPLS, REMAT_POLICIES
+from depthvlm_jax.model.layers import ATTENTION_IMPLS, DEPTH_ACTIVATIONS, REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,9 +56,13 @@ class TextConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DepthHeadConfig:
-  """DepthVLM's dense head. `kind` is "dpt" (the release) or "mlp" (the per-token ablation)."""
+  """DepthVLM's dense head. `kind` is "dpt" (the release) or "mlp" (the per-token ablation).
+  `activation` maps the head's last output to metres: "softplus" (the release) or "exp" (the
+  output is then log-depth, which SILog sees linearly: from scratch, a softplus head needs
+  thousands of steps to reach street distances, exp needs tens)."""
 
   kind: str = "dpt"
+  activation: str = "softplus"
   features: int = 256
   out_channels: tuple[int, int, int, int] = (256, 512, 1024, 1024)
   norm_eps: float = 1e-5
@@ -105,6 +109,9 @@ def _validate(cfg: ModelConfig) -> ModelConfig:
     raise ValueError("more DeepStack layers than decoder layers")
   if cfg.depth_head is not None and cfg.depth_head.kind == "dpt" and len(v.deepstack_visual_indexes) != 3:
     raise ValueError("the DPT depth head needs exactly 3 DeepStack features (+ the last LLM state)")
+  if cfg.depth_head is not None and cfg.depth_head.activation not in DEPTH_ACTIVATIONS:
+    raise ValueError(f"unknown depth_head.activation={cfg.depth_head.activation!r}; "
+                     f"use one of {sorted(DEPTH_ACTIVATIONS)}")
   if cfg.remat_policy not in REMAT_POLICIES:
     raise ValueError(f"unknown remat_policy={cfg.remat_policy!r}; use one of {sorted(REMAT_POLICIES)}")
   if cfg.attention_impl not in ATTENTION_IMPLS:

@@ -138,7 +138,7 @@ class DPTScratch(nn.Module):
     y = _conv(f // 2, 3, True, "output_conv1", **kw)(p)
     y = resize_bilinear_align_corners(y, output_size)
     y = nn.relu(_conv(32, 3, True, "output_conv2_0", **kw)(y))
-    return jax.nn.softplus(_conv(1, 1, True, "output_conv2_2", **kw)(y))
+    return layers.DEPTH_ACTIVATIONS[self.cfg.activation](_conv(1, 1, True, "output_conv2_2", **kw)(y))
 
 
 def _tokens_to_grid(x: jax.Array, grid_hw: HW) -> jax.Array:
@@ -159,7 +159,7 @@ class DPTHead(nn.Module):
   """The released DPT head over [deepstack_0, deepstack_1, deepstack_2, llm_last].
 
   The four levels are brought to 8x, 4x, 2x and 1x the token grid, fused coarse-to-fine
-  to 16x, then resized to the output size and mapped to positive depth by a softplus.
+  to 16x, then resized to the output size and mapped to positive depth (cfg.activation).
   """
 
   cfg: DepthHeadConfig
@@ -210,7 +210,7 @@ class MLPHead(nn.Module):
     size = tuple(output_size) if output_size is not None else (gh * t, gw * t)
     if size != (gh * t, gw * t):
       x = resize_bilinear_align_corners(x[..., None], size)[..., 0]
-    return jax.nn.softplus(x).astype(jnp.float32)
+    return layers.DEPTH_ACTIVATIONS[self.cfg.activation](x).astype(jnp.float32)
 
 
 def make_depth_head(cfg: DepthHeadConfig, dtype: str = "float32", param_dtype: str = "float32"):

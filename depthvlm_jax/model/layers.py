@@ -105,6 +105,7 @@ def apply_rotary(x, cos, sin):
 
 
 ATTENTION_IMPLS = ("xla", "jax", "cudnn", "splash")
+DEPTH_ACTIVATIONS = {"softplus": jax.nn.softplus, "exp": jnp.exp}  # the depth head's last output -> metres
 
 
 class AttentionMask(NamedTuple):

@@ -118,7 +118,7 @@ class DepthVLM(nn.Module):
       feats = list(deepstack) + [jnp.take_along_axis(hidden, pos[..., None], axis=1)]
       if detach_head_inputs:
         feats = [jax.lax.stop_gradient(f) for f in feats]
-      depth = self.depth_head(feats, grid)
+      depth = self.depth_head(feats, grid, pixel_values.shape[1:3])  # the image size, whatever the token size
     return VLMOutput(logits=logits, depth=depth, positions=positions, cache=cache, hidden=hidden)
 
   def _attention_mask(self, b, l, attention_mask, cache):
