@@ -59,8 +59,13 @@ def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
   devices = list(jax.devices() if devices is None else devices)
   shape = mesh_shape(shape, len(devices))
   # Auto axes: XLA's sharding propagation fills in what the logical constraints leave open.
-  return jax.make_mesh(shape, MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+  except NotImplementedError:  # an axis that is no product of torus axes (tensor=4 on v6e 16x16): split one
+    from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+    return Mesh(mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True), MESH_AXES,
+                axis_types=auto)
 
 
 def _rules(rules: str | Sequence) -> tuple:

@@ -145,7 +145,7 @@ def test_train_then_predict_writes_depth_at_each_records_own_size(tmp_path):
            "--config.data.render.eval=8", f"--config.data.render.dir={data}",
            f"--config.data.train.synthetic.paths={data}/train", f"--config.eval.sources.synthetic.paths={data}/eval",
            "--config.eval.num_batches=1", "--config.checkpoint.every_steps=0", "--config.log.every_steps=1",
-           # Smaller windows than the demo's 160x192 (its scenes then 29-67 px wide): seconds, not minutes.
+           # Smaller windows than the demo's 96x128 (its scenes then 29-67 px wide): seconds, not minutes.
            "--config.data.image_hw=(64,96)", "--config.data.canonical_fx=40", "--config.eval.buckets=((64,96),)"]
   train = cli("train", "--config=configs/demo.py", f"--workdir={tmp_path / 'run'}", *short, cwd=REPO)
   assert train.returncode == 0, train.stderr
