@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import pytest
 
-from depthvlm_jax import experiment
+from depthvlm_jax import experiment, sharding
 from depthvlm_jax.convert import pretrained
 from depthvlm_jax.train import memory_plan
 
@@ -89,3 +89,14 @@ def test_an_out_of_memory_refusal_reads_as_the_bytes_asked_for():
              "(35.07G) exceeds available HBM (15.75G).")  # libtpu's words, for 16k tiny examples on v5e:2x2
   assert memory_plan.out_of_memory_bytes(refusal) == int(35.07 * memory_plan.GiB)
   assert memory_plan.out_of_memory_bytes("INVALID_ARGUMENT: a bad shape") is None
+
+
+def test_a_mesh_axis_that_is_no_product_of_torus_axes_splits_one():
+  """On v6e:4x4, tensor=8 is no product of the torus axes (4, 4): one of them is split in two."""
+  try:
+    devices = memory_plan.topology_devices("v6e:4x4")
+  except RuntimeError as e:
+    pytest.skip(f"libtpu cannot load here: {e}")
+  mesh = sharding.make_mesh((1, -1, 8), devices)
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 2, "tensor": 8}
+  assert sorted(d.id for d in mesh.devices.flat) == sorted(d.id for d in devices)
