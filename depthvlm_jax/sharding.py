@@ -139,9 +139,9 @@ def barrier(name: str, timeout_s: int) -> None:
 
 def compile_together(name: str, jitted, *args, barrier_timeout_s: int):
   """`jitted` compiled for `args`, returned once every process has compiled it (`name`: unique
-  in the run, names the barrier). Processes
-  compile at different speeds; the first collective of a program that one process runs while
-  another still compiles would wait on the backend's deadline instead of this barrier's."""
+  in the run, names the barrier). Processes compile at different speeds; the first collective
+  of a program that one process runs while another still compiles would wait on the backend's
+  deadline instead of this barrier's."""
   compiled = jitted.lower(*args).compile()
   if jax.process_count() > 1:
     barrier(f"compiled {name}", barrier_timeout_s)
