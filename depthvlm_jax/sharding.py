@@ -143,6 +143,5 @@ def compile_together(name: str, jitted, *args, barrier_timeout_s: int):
   of a program that one process runs while another still compiles would wait on the backend's
   deadline instead of this barrier's."""
   compiled = jitted.lower(*args).compile()
-  if jax.process_count() > 1:
-    barrier(f"compiled {name}", barrier_timeout_s)
+  barrier(f"compiled {name}", barrier_timeout_s)
   return compiled

@@ -75,8 +75,7 @@ def prepare_workdir(workdir: str, c, overwrite: bool = False) -> tuple[Path, Opt
       f.write(experiment.to_json(c))
   except OSError as e:
     raise OSError(f"workdir {workdir} is not writable ({e.strerror or e}): choose another --workdir") from e
-  if jax.process_count() > 1:
-    sharding.barrier("workdir ready", c.distributed.barrier_timeout_s)
+  sharding.barrier("workdir ready", c.distributed.barrier_timeout_s)
   return path, resume
 
 
@@ -124,8 +123,7 @@ def render_demo_data(c) -> None:
     return
   if jax.process_index() == 0:
     _render(r)
-  if jax.process_count() > 1:
-    sharding.barrier("demo data rendered", c.distributed.barrier_timeout_s)
+  sharding.barrier("demo data rendered", c.distributed.barrier_timeout_s)
 
 
 def _render(r) -> None:
