@@ -77,8 +77,8 @@ def base_config() -> ConfigDict:
       image_hw=(256, 320), canonical_fx=1000.0, crop="random", tokenizer=placeholder(str), seq_len=0, max_points=100,
       worker_count=0, read_threads=2, prefetch_batches=2, on_bad_record="skip", train=ConfigDict(),
       # Synthetic scenes rendered into `dir` when absent (the CPU demo): train and held-out eval
-      # shards from disjoint seeds.
-      render=ConfigDict(dict(dir="", train=0, eval=0, seed=0, eval_seed=1_000_000, kind="mixed"))))
+      # shards from disjoint seeds, in `workers` processes (0: one per CPU core).
+      render=ConfigDict(dict(dir="", train=0, eval=0, seed=0, eval_seed=1_000_000, kind="mixed", workers=0))))
   # buckets: the static input sizes (H, W) the predictor and depthvlm-eval pad whole images into;
   # an image that fits none rounds up to multiples of bucket_multiple (one compile per size).
   c.eval = ConfigDict(dict(sources=ConfigDict(), every_steps=0, batch_size=8, num_batches=4, pictures=4,

@@ -127,6 +127,11 @@ def test_render_scene_intrinsics():
     syn.render_scene(1, "underwater", 64, 48, 55.0)
 
 
+def test_parallel_rendering_gives_the_serial_records_in_order():
+  serial = [r.to_bytes() for r in syn.generate(5, SMALL, seed0=7)]
+  assert [r.to_bytes() for r in syn.generate(5, SMALL, seed0=7, workers=2)] == serial
+
+
 def test_records_validate_and_are_consistent():
   kinds = set()
   for rec in syn.generate(8, SMALL, seed0=100, split="val"):

@@ -17,6 +17,7 @@ earlier run of the same dataset and prefix are replaced; another dataset's are k
 from __future__ import annotations
 
 import collections
+import os
 import time
 
 from absl import app, flags
@@ -43,6 +44,7 @@ flags.DEFINE_string("split", "test", "Split name stored in the records.")
 flags.DEFINE_integer("num", 1000, "synth: number of scenes.")
 flags.DEFINE_enum("kind", "mixed", ["indoor", "outdoor", "mixed"], "synth: scene kind.")
 flags.DEFINE_integer("seed", 0, "synth: seed of the first scene (scene i uses seed + i).")
+flags.DEFINE_integer("workers", 0, "synth: rendering processes (0: one per CPU core).")
 flags.DEFINE_bool("overwrite", False, "ingest/synth: replace shards of the same prefix that hold another dataset.")
 
 
@@ -82,7 +84,8 @@ def _ingest():
 def _synth():
   from depthvlm_jax.data import synthetic
   cfg = synthetic.SceneConfig(kind=FLAGS.kind)
-  records = _Progress(synthetic.generate(FLAGS.num, cfg, seed0=FLAGS.seed, split=FLAGS.split), FLAGS.num)
+  records = _Progress(synthetic.generate(FLAGS.num, cfg, seed0=FLAGS.seed, split=FLAGS.split,
+                                                workers=FLAGS.workers or os.cpu_count() or 1), FLAGS.num)
   paths = shards.write_shards(records, FLAGS.out, FLAGS.prefix or f"synthetic_{FLAGS.kind}",
                               num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite)
   return paths, FLAGS.num

@@ -16,7 +16,10 @@ the intersection parameter along that unnormalised ray is the z-depth itself.
 from __future__ import annotations
 
 import colorsys
+import concurrent.futures
 import dataclasses
+import functools
+import multiprocessing
 from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -734,7 +737,14 @@ def make_record(seed: int, config: SceneConfig = SceneConfig(), split: str = "tr
 
 
 def generate(num: int, config: SceneConfig = SceneConfig(), seed0: int = 0,
-             split: str = "train") -> Iterator[DepthRecord]:
-  """Records for seeds seed0, seed0 + 1, ..., seed0 + num - 1."""
-  for seed in range(seed0, seed0 + num):
-    yield make_record(seed, config, split)
+             split: str = "train", workers: int = 1) -> Iterator[DepthRecord]:
+  """Records for seeds seed0, seed0 + 1, ..., seed0 + num - 1, in that order. With workers > 1
+  they are rendered in that many spawned processes (each record depends on its seed only, so
+  the output is the same); spawned, not forked, as the caller may hold JAX's threads."""
+  seeds = range(seed0, seed0 + num)
+  if workers <= 1 or num < 2:
+    yield from (make_record(seed, config, split) for seed in seeds)
+    return
+  render = functools.partial(make_record, config=config, split=split)
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    yield from pool.map(render, seeds, chunksize=8)
