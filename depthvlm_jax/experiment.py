@@ -19,7 +19,7 @@ from ml_collections import ConfigDict
 from ml_collections.config_dict import placeholder
 
 from depthvlm_jax import sharding, tasks
-from depthvlm_jax.data import pipeline
+from depthvlm_jax.data import pipeline, synthetic
 from depthvlm_jax.model.config import DepthHeadConfig, ModelConfig, TextConfig, VisionConfig, get_config, validate
 from depthvlm_jax.train.optimizer import OptimizerConfig
 from depthvlm_jax.train.step import StepConfig
@@ -77,8 +77,10 @@ def base_config() -> ConfigDict:
       image_hw=(256, 320), canonical_fx=1000.0, crop="random", tokenizer=placeholder(str), seq_len=0, max_points=100,
       worker_count=0, read_threads=2, prefetch_batches=2, on_bad_record="skip", train=ConfigDict(),
       # Synthetic scenes rendered into `dir` when absent (the CPU demo): train and held-out eval
-      # shards from disjoint seeds, in `workers` processes (0: one per CPU core).
-      render=ConfigDict(dict(dir="", train=0, eval=0, seed=0, eval_seed=1_000_000, kind="mixed", workers=0))))
+      # shards from disjoint seeds, in `workers` processes (0: one per CPU core); `scene` overrides
+      # fields of synthetic.SceneConfig (image sizes, fields of view, ...).
+      render=ConfigDict(dict(dir="", train=0, eval=0, seed=0, eval_seed=1_000_000, kind="mixed", workers=0,
+                             scene=ConfigDict()))))
   # buckets: the static input sizes (H, W) the predictor and depthvlm-eval pad whole images into;
   # an image that fits none rounds up to multiples of bucket_multiple (one compile per size).
   c.eval = ConfigDict(dict(sources=ConfigDict(), every_steps=0, batch_size=8, num_batches=4, pictures=4,
@@ -134,6 +136,15 @@ def task_of(c: ConfigDict):
     return tasks.get(c.task, **{k: tuple(v) if isinstance(v, list) else v for k, v in c.task_options.items()})
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.task={c.task!r} / config.task_options: {e}") from e
+
+
+def scene_config(c: ConfigDict) -> synthetic.SceneConfig:
+  """The synthetic scenes data.render draws: kind plus the data.render.scene overrides."""
+  r = c.data.render
+  try:
+    return synthetic.SceneConfig(kind=r.kind, **{k: tuple(v) if isinstance(v, list) else v for k, v in r.scene.items()})
+  except TypeError as e:
+    raise ConfigError(f"config.data.render.scene: {e}; the fields are those of synthetic.SceneConfig") from e
 
 
 def sources(section: ConfigDict, key: str) -> tuple[pipeline.Source, ...]:
@@ -248,6 +259,7 @@ def build(c: ConfigDict, num_devices: Optional[int] = None) -> Experiment:
     sources(c.data.train, "data.train")
   if c.eval.sources:
     sources(c.eval.sources, "eval.sources")
+  scene_config(c)
   for key in ("model.init_from", "data.tokenizer", "data.render.dir"):
     check_local(f"config.{key}", _get(c, key))
   return Experiment(c, task, model, stages)

@@ -147,6 +147,7 @@ def test_gradient_accumulation_equals_the_whole_batch(tiny, batch):
     ("task", "dense", r"unknown task 'dense'"),
     ("model.init_from", "gs://b/qwen", r"config.model.init_from='gs://b/qwen': URLs .* mount the bucket"),
     ("data.tokenizer", "s3://b/tok", r"config.data.tokenizer='s3://b/tok': URLs"),
+    ("data.render.scene.fov", 60, r"config.data.render.scene: .*'fov'"),
 ])
 def test_bad_configs_fail_at_start_naming_the_key(key, value, match):
   c = tiny_config()

@@ -123,17 +123,17 @@ def render_demo_data(c) -> None:
   if not r.dir:
     return
   if jax.process_index() == 0:
-    _render(r)
+    _render(r, experiment.scene_config(c))
   sharding.barrier("demo data rendered", c.distributed.barrier_timeout_s)
 
 
-def _render(r) -> None:
+def _render(r, scenes: synthetic.SceneConfig) -> None:
   for split, num, seed in (("train", r.train, r.seed), ("eval", r.eval, r.eval_seed)):
     out = Path(r.dir) / split
     if num and not list(out.glob("*.array_record")):
       logging.info("rendering %d synthetic %s scenes into %s", num, split, out)
       start = time.time()
-      records = synthetic.generate(num, synthetic.SceneConfig(kind=r.kind), seed0=seed, split=split,
+      records = synthetic.generate(num, scenes, seed0=seed, split=split,
                                    workers=r.workers or os.cpu_count() or 1)
       shards.write_shards(records, out, f"synthetic_{split}")
       print(f"rendered {num} synthetic {split} scenes into {out} ({time.time() - start:.0f} s)", flush=True)
