@@ -36,16 +36,15 @@ def get_config(arg=None):
   c.data.render.update(dir="out/demo_data", train=1500, eval=64)
   c.data.train = {"synthetic": experiment.source("out/demo_data/train")}
   c.eval.sources = {"synthetic": experiment.source("out/demo_data/eval")}
-  c.eval.update(every_steps=190, batch_size=16, num_batches=4, pictures=4, buckets=((96, 128),))
+  c.eval.update(every_steps=175, batch_size=16, num_batches=4, pictures=4, buckets=((96, 128),))
   everything = (".*",)
   c.stages = {
       "stage1": experiment.stage_section(steps=50, batch_size=16, lr=3e-3, warmup_frac=0.1,
                                          trainable=("depth_head/.*",), loss_weights={"depth": 1.0},
                                          detach_head_inputs=True),
-      # b2 = 0.95: Adam's second moment forgets within ~20 steps, as short runs want.
-      "stage2": experiment.stage_section(steps=760, batch_size=16, lr=3e-3, warmup_frac=0.05, b2=0.95,
+      "stage2": experiment.stage_section(steps=700, batch_size=16, lr=2e-3, warmup_frac=0.05,
                                          trainable=everything, loss_weights={"depth": 1.0, "ce": 1.0}),
   }
-  c.checkpoint.every_steps = 380
+  c.checkpoint.every_steps = 350
   c.log.every_steps = 25
   return c
