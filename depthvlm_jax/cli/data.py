@@ -17,7 +17,6 @@ earlier run of the same dataset and prefix are replaced; another dataset's are k
 from __future__ import annotations
 
 import collections
-import os
 import time
 
 from absl import app, flags
@@ -84,8 +83,8 @@ def _ingest():
 def _synth():
   from depthvlm_jax.data import synthetic
   cfg = synthetic.SceneConfig(kind=FLAGS.kind)
-  records = _Progress(synthetic.generate(FLAGS.num, cfg, seed0=FLAGS.seed, split=FLAGS.split,
-                                                workers=FLAGS.workers or os.cpu_count() or 1), FLAGS.num)
+  records = _Progress(synthetic.generate(FLAGS.num, cfg, seed0=FLAGS.seed, split=FLAGS.split, workers=FLAGS.workers),
+                      FLAGS.num)
   paths = shards.write_shards(records, FLAGS.out, FLAGS.prefix or f"synthetic_{FLAGS.kind}",
                               num_shards=FLAGS.num_shards, overwrite=FLAGS.overwrite)
   return paths, FLAGS.num

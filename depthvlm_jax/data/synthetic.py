@@ -20,6 +20,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import multiprocessing
+import os
 from typing import Iterator, NamedTuple, Optional
 
 import numpy as np
@@ -739,9 +740,11 @@ def make_record(seed: int, config: SceneConfig = SceneConfig(), split: str = "tr
 def generate(num: int, config: SceneConfig = SceneConfig(), seed0: int = 0,
              split: str = "train", workers: int = 1) -> Iterator[DepthRecord]:
   """Records for seeds seed0, seed0 + 1, ..., seed0 + num - 1, in that order. With workers > 1
-  they are rendered in that many spawned processes (each record depends on its seed only, so
-  the output is the same); spawned, not forked, as the caller may hold JAX's threads."""
+  (0: one per CPU core) they are rendered in that many spawned processes (each record depends on
+  its seed only, so the output is the same); spawned, not forked, as the caller may hold JAX's
+  threads."""
   seeds = range(seed0, seed0 + num)
+  workers = workers or os.cpu_count() or 1
   if workers <= 1 or num < 2:
     yield from (make_record(seed, config, split) for seed in seeds)
     return

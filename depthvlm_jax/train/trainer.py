@@ -7,7 +7,6 @@ progress line, depth pictures, orbax checkpoints, and the loss curve at the end.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 import zlib
@@ -133,8 +132,7 @@ def _render(r, scenes: synthetic.SceneConfig) -> None:
     if num and not list(out.glob("*.array_record")):
       logging.info("rendering %d synthetic %s scenes into %s", num, split, out)
       start = time.time()
-      records = synthetic.generate(num, scenes, seed0=seed, split=split,
-                                   workers=r.workers or os.cpu_count() or 1)
+      records = synthetic.generate(num, scenes, seed0=seed, split=split, workers=r.workers)
       shards.write_shards(records, out, f"synthetic_{split}")
       print(f"rendered {num} synthetic {split} scenes into {out} ({time.time() - start:.0f} s)", flush=True)
 
