@@ -118,12 +118,17 @@ def check_local(key: str, value) -> None:
     raise ConfigError(f"{key}={value!r}: {URL_HELP}")
 
 
+def _kwargs(section: ConfigDict) -> dict:
+  """A config section as dataclass keyword arguments (config files and JSON give lists where
+  the dataclasses hold tuples)."""
+  return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+
+
 def model_config(c: ConfigDict) -> ModelConfig:
   m = c.model
-  vision = VisionConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.vision.items()})
-  text = TextConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in m.text.items()})
-  head = None if m.depth_head is None else DepthHeadConfig(
-      **{k: tuple(v) if isinstance(v, list) else v for k, v in m.depth_head.items()})
+  vision = VisionConfig(**_kwargs(m.vision))
+  text = TextConfig(**_kwargs(m.text))
+  head = None if m.depth_head is None else DepthHeadConfig(**_kwargs(m.depth_head))
   top = {k: v for k, v in m.items() if k not in ("preset", "init_from", "vision", "text", "depth_head")}
   try:
     return validate(ModelConfig(vision=vision, text=text, depth_head=head, **top))
@@ -133,7 +138,7 @@ def model_config(c: ConfigDict) -> ModelConfig:
 
 def task_of(c: ConfigDict):
   try:
-    return tasks.get(c.task, **{k: tuple(v) if isinstance(v, list) else v for k, v in c.task_options.items()})
+    return tasks.get(c.task, **_kwargs(c.task_options))
   except (TypeError, ValueError) as e:
     raise ConfigError(f"config.task={c.task!r} / config.task_options: {e}") from e
 
@@ -142,7 +147,7 @@ def scene_config(c: ConfigDict) -> synthetic.SceneConfig:
   """The synthetic scenes data.render draws: kind plus the data.render.scene overrides."""
   r = c.data.render
   try:
-    return synthetic.SceneConfig(kind=r.kind, **{k: tuple(v) if isinstance(v, list) else v for k, v in r.scene.items()})
+    return synthetic.SceneConfig(kind=r.kind, **_kwargs(r.scene))
   except TypeError as e:
     raise ConfigError(f"config.data.render.scene: {e}; the fields are those of synthetic.SceneConfig") from e
 
