@@ -185,3 +185,24 @@ def test_exp_activation_is_exp_of_the_release_heads_last_output(tiny_dpt, kind):
   assert hf_config.from_hf(hf_config.to_hf(model)).depth_head.activation == "exp"  # exported and re-imported
   with pytest.raises(ValueError, match="depth_head.activation"):
     validate(model.replace(depth_head=dataclasses.replace(cfg, activation="relu")))
+
+
+def test_strided_head_resizes_its_last_map_as_torch_does(tiny_dpt):
+  """output_stride=2: the release's head at half the output size (rounded up), its last map
+  (before the activation) resized align-corners to the output size, as torch computes it."""
+  tmodel, params, feats = tiny_dpt
+  size = (50, 71)
+  cfg = dataclasses.replace(TINY, activation="exp", output_stride=2)
+  out = dh.DPTHead(cfg).apply(params, feats, GRID, size)
+  assert out.shape == (B, *size)
+  with torch.no_grad():
+    half = tmodel([torch.from_numpy(f) for f in feats], GRID, (25, 36))
+    pre = torch.log(torch.expm1(half.double()))  # softplus^-1: the map before the activation
+    ref = F.interpolate(pre[:, None], size=size, mode="bilinear", align_corners=True)[:, 0].numpy()
+  assert float(np.std(ref)) > 0.3
+  np.testing.assert_allclose(np.log(np.asarray(out, np.float64)), ref, atol=2e-4)
+  model = get_config("tiny").replace(depth_head=cfg)
+  assert hf_config.from_hf(hf_config.to_hf(model)).depth_head.output_stride == 2  # exported and re-imported
+  for bad in (dataclasses.replace(cfg, output_stride=0), dataclasses.replace(cfg, kind="mlp")):
+    with pytest.raises(ValueError, match="depth_head.output_stride"):
+      validate(model.replace(depth_head=bad))

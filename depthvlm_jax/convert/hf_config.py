@@ -46,7 +46,8 @@ def from_hf(hf: Mapping[str, Any], depth_head: Optional[DepthHeadConfig] = None,
         kind=hf["depth_head_type"], features=hf.get("depth_head_features", 256),
         out_channels=tuple(hf.get("depth_head_out_channels", (256, 512, 1024, 1024))),
         mlp_hidden=hf.get("depth_head_mlp_hidden", 1024), loss_weight=hf.get("depth_loss_weight", 1.0),
-        activation=hf.get("depth_head_activation", "softplus"))
+        activation=hf.get("depth_head_activation", "softplus"),
+        output_stride=hf.get("depth_head_output_stride", 1))
   tie = hf.get("tie_word_embeddings", t.get("tie_word_embeddings", False))
   cfg = ModelConfig(
       vision=vision, text=text, depth_head=depth_head, tie_word_embeddings=bool(tie),
@@ -65,7 +66,8 @@ def depth_head_from_tensors(shapes: Mapping[str, tuple[int, ...]], hf: Mapping[s
     return DepthHeadConfig(kind="mlp", mlp_hidden=shapes["depth_head.mlp.0.weight"][0], **common)
   return DepthHeadConfig(
       kind="dpt", features=shapes["depth_head.scratch.layer1_rn.weight"][0],
-      out_channels=tuple(shapes[f"depth_head.projects.{k}.weight"][0] for k in range(4)), **common)
+      out_channels=tuple(shapes[f"depth_head.projects.{k}.weight"][0] for k in range(4)),
+      output_stride=hf.get("depth_head_output_stride", 1), **common)
 
 
 def to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
@@ -105,5 +107,6 @@ def to_hf(cfg: ModelConfig, torch_dtype: str = "float32") -> dict[str, Any]:
     if h.kind == "mlp":
       out.update(depth_head_mlp_hidden=h.mlp_hidden, depth_head_feature_mode="llm_last")
     else:
-      out.update(depth_head_features=h.features, depth_head_out_channels=list(h.out_channels))
+      out.update(depth_head_features=h.features, depth_head_out_channels=list(h.out_channels),
+                 depth_head_output_stride=h.output_stride)
   return out

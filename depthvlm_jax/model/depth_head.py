@@ -14,6 +14,7 @@ DPTHead parameter tree (names mirror the PyTorch release's state_dict):
   scratch/output_conv1/{kernel,bias}         3x3, features -> features // 2
   scratch/output_conv2_0/{kernel,bias}       3x3, features // 2 -> 32
   scratch/output_conv2_2/{kernel,bias}       1x1, 32 -> 1
+The last two run at the output size / cfg.output_stride (1 in the release), then resized to it.
 All kernels are [kh, kw, in, out] (torch Conv2d [out, in, kh, kw] -> transpose(2, 3, 1, 0);
 ConvTranspose2d [in, out, kh, kw] -> transpose(2, 3, 0, 1)).
 
@@ -136,9 +137,15 @@ class DPTScratch(nn.Module):
     p = FusionBlock(f, name="refinenet2", **kw)(p, l2, l1.shape[1:3])
     p = FusionBlock(f, name="refinenet1", **kw)(p, l1, None)
     y = _conv(f // 2, 3, True, "output_conv1", **kw)(p)
-    y = resize_bilinear_align_corners(y, output_size)
+    y = resize_bilinear_align_corners(y, strided_size(output_size, self.cfg.output_stride))
     y = nn.relu(_conv(32, 3, True, "output_conv2_0", **kw)(y))
-    return layers.DEPTH_ACTIVATIONS[self.cfg.activation](_conv(1, 1, True, "output_conv2_2", **kw)(y))
+    y = resize_bilinear_align_corners(_conv(1, 1, True, "output_conv2_2", **kw)(y), output_size)
+    return layers.DEPTH_ACTIVATIONS[self.cfg.activation](y)
+
+
+def strided_size(size: HW, stride: int) -> HW:
+  """Where the DPT head's last convolutions run: the output size / stride, rounded up."""
+  return -(-size[0] // stride), -(-size[1] // stride)
 
 
 def _tokens_to_grid(x: jax.Array, grid_hw: HW) -> jax.Array:

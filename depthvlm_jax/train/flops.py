@@ -20,7 +20,7 @@ import jax
 from depthvlm_jax.convert.keymap import flatten
 from depthvlm_jax.convert.pretrained import abstract_params
 from depthvlm_jax.model.config import DepthHeadConfig, ModelConfig, TextConfig, VisionConfig
-from depthvlm_jax.model.depth_head import TOKEN_PIXELS
+from depthvlm_jax.model.depth_head import TOKEN_PIXELS, strided_size
 from depthvlm_jax.train.optimizer import matches
 
 # Parameter path prefixes of each part.
@@ -104,8 +104,10 @@ def head_flops(h: DepthHeadConfig, width: int, batch: int, image_hw: Sequence[in
     # refinenet{k+1}: residual conv units (the coarsest has no skip), 2x resize, 1x1 out_conv.
     total += (2 if k == 3 else 4) * _conv(b, size(s), 3, f, f)
     total += _resize(b, size(s), size(2 * s), f) + _conv(b, size(2 * s), 1, f, f)
-  total += _conv(b, size(16), 3, f, f // 2) + _resize(b, size(16), image_hw, f // 2)  # output_conv1
-  return total + _conv(b, image_hw, 3, f // 2, 32) + _conv(b, image_hw, 1, 32, 1)  # output_conv2
+  last = strided_size(image_hw, h.output_stride)  # where output_conv2 runs
+  total += _conv(b, size(16), 3, f, f // 2) + _resize(b, size(16), last, f // 2)  # output_conv1
+  total += _conv(b, last, 3, f // 2, 32) + _conv(b, last, 1, 32, 1)  # output_conv2
+  return total + (_resize(b, last, image_hw, 1) if h.output_stride != 1 else 0.0)
 
 
 def step_flops(cfg: ModelConfig, batch_size: int, image_hw: Sequence[int], seq_len: int,
