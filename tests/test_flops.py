@@ -1,6 +1,7 @@
 """The FLOP formula behind MFU (train/flops.py) against XLA's cost analysis of the traced model:
-each part (vision, LLM, DPT heads at output strides 1 and 2, MLP head) and the whole forward within 10%, on the tiny and mid
-presets (the mid one's matmuls dominate as a real model's do). Lowering only, no compile."""
+each part (vision, LLM, DPT heads at output strides 1 and 2, MLP head) and the whole forward
+within 10%, on the tiny and mid presets (the mid one's matmuls dominate as a real model's do).
+Lowering only, no compile."""
 
 import dataclasses
 
