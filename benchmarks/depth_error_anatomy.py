@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 
 from depthvlm_jax.data import shards, transforms
+from depthvlm_jax.eval import metrics
 from depthvlm_jax.model.depth_head import TOKEN_PIXELS
 from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
@@ -34,7 +35,7 @@ flags.DEFINE_string("pred", None, "depthvlm-predict --data output (KEY.npy per r
 flags.DEFINE_float("canonical_fx", 70.0, "The model's canonical focal length (data.canonical_fx).")
 
 CELLS = (TOKEN_PIXELS, TOKEN_PIXELS // 2, TOKEN_PIXELS // 4)
-LOG_1_25 = float(np.log(1.25))
+LOG_DELTA1 = float(np.log(metrics.DELTAS["delta1"]))
 
 
 def cell_means(x: np.ndarray, valid: np.ndarray, k: int) -> np.ndarray:
@@ -55,7 +56,7 @@ def interpolated(means: np.ndarray, k: int, hw) -> np.ndarray:
 
 
 def within(err: np.ndarray) -> float:
-  return float(np.mean(np.abs(err) < LOG_1_25))
+  return float(np.mean(np.abs(err) < LOG_DELTA1))
 
 
 def anatomy(rec, pred_dir) -> dict:
