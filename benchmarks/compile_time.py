@@ -41,7 +41,7 @@ def main(argv):
                        vision=dataclasses.replace(base.vision, depth=max(depth, 4)))
     model = dvlm.DepthVLM(cfg)
     params = jax.eval_shape(lambda: dvlm.init_params(cfg))
-    n = (h // 32) * (w // 32)
+    n = (h // cfg.vision.token_size) * (w // cfg.vision.token_size)
     ids = np.full((1, n + 8), 7, np.int32)
     ids[0, 4:4 + n] = cfg.image_token_id
     ids = jnp.asarray(ids)

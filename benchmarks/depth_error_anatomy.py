@@ -4,7 +4,7 @@
   python benchmarks/depth_error_anatomy.py --data=out/demo_data/eval --pred=out/demo_pred --canonical_fx=70
 
 Everything is measured at the model's canonical resolution (focal length canonical_fx), where
-one LLM token covers TOKEN_PIXELS x TOKEN_PIXELS pixels:
+one LLM token covers token_size x token_size pixels:
 - ceiling_<k>px: delta1 of a predictor that knows the exact mean log-depth of every k x k cell
   and interpolates between cells (align-corners bilinear): what a model whose output carries no
   detail finer than k pixels can reach at best.
@@ -26,15 +26,16 @@ from absl import app, flags
 
 from depthvlm_jax.data import shards, transforms
 from depthvlm_jax.eval import metrics
-from depthvlm_jax.model.depth_head import TOKEN_PIXELS
+from depthvlm_jax.model.config import VisionConfig
 from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Ingested records (a directory or glob).", required=True)
 flags.DEFINE_string("pred", None, "depthvlm-predict --data output (KEY.npy per record); optional.")
 flags.DEFINE_float("canonical_fx", 70.0, "The model's canonical focal length (data.canonical_fx).")
+flags.DEFINE_integer("token_size", VisionConfig().token_size, "Pixels per LLM token along each axis "
+                     "(model.vision: patch_size x spatial_merge_size).")
 
-CELLS = (TOKEN_PIXELS, TOKEN_PIXELS // 2, TOKEN_PIXELS // 4)
 LOG_DELTA1 = float(np.log(metrics.DELTAS["delta1"]))
 
 
@@ -66,7 +67,8 @@ def anatomy(rec, pred_dir) -> dict:
   gt, valid = ex.depth, ex.valid & (ex.depth > 0)
   log_gt = np.log(np.where(valid, gt, 1.0))
   row = {"domain": rec.domain, "log_median_gt": float(np.median(log_gt[valid]))}
-  for k in CELLS:
+  t = FLAGS.token_size
+  for k in (t, t // 2, t // 4):
     row[f"ceiling_{k}px"] = within((interpolated(cell_means(log_gt, valid, k), k, gt.shape) - log_gt)[valid])
   if pred_dir:
     pred = np.load(f"{pred_dir}/{rec.key}.npy")
@@ -74,7 +76,7 @@ def anatomy(rec, pred_dir) -> dict:
                                        (pred.shape[1], pred.shape[0]), fx, key=rec.key).depth
     ok = valid & (canon > 0)
     err = np.where(ok, np.log(np.where(ok, canon, 1.0)) - log_gt, 0.0)
-    token = np.kron(cell_means(err, ok, TOKEN_PIXELS), np.ones((TOKEN_PIXELS, TOKEN_PIXELS)))[:gt.shape[0], :gt.shape[1]]
+    token = np.kron(cell_means(err, ok, t), np.ones((t, t)))[:gt.shape[0], :gt.shape[1]]
     scale = float(np.median(err[ok]))
     row.update(raw=within(err[ok]), true_scale=within(err[ok] - scale), true_token_means=within((err - token)[ok]),
                true_token_detail=within(token[ok]), log_scale_error=scale)
@@ -98,7 +100,7 @@ def main(argv):
   if not rows:
     raise app.UsageError(f"no records in {FLAGS.data}")
   domains = sorted({r["domain"] for r in rows})
-  result = {"canonical_fx": FLAGS.canonical_fx, "token_pixels": TOKEN_PIXELS, "all": summary(rows),
+  result = {"canonical_fx": FLAGS.canonical_fx, "token_pixels": FLAGS.token_size, "all": summary(rows),
             **{d: summary([r for r in rows if r["domain"] == d]) for d in domains}}
   print(json.dumps(result, indent=2))
 

@@ -36,7 +36,7 @@ def best_time(fn, repeats):
 
 
 def inputs(cfg, h, w, b, text):
-  n = (h // 32) * (w // 32)
+  n = (h // cfg.vision.token_size) * (w // cfg.vision.token_size)
   ids = np.full((b, text + n), 7, np.int32)
   ids[:, text // 2:text // 2 + n] = cfg.image_token_id
   pixels = np.random.default_rng(0).uniform(-1, 1, (b, h, w, 3)).astype(np.float32)

@@ -142,7 +142,7 @@ def prefill_and_step(hw, repeats) -> dict:
   host = demo_batch(c, hw)
   ids, mask = host["input_ids"], host["attention_mask"]
   pixels = np.asarray(step_lib.pixels_on_device(jnp.asarray(host["image"])))
-  grid = (hw[0] // 32, hw[1] // 32)
+  grid = (hw[0] // cfg.vision.token_size, hw[1] // cfg.vision.token_size)
   tin = torch_inputs(cfg, ids, mask, pixels)
   model = dvlm.DepthVLM(cfg)
   prefill = jax.jit(lambda p, i, x, m: (lambda o: (o.logits, o.depth))(model.apply({"params": p}, i, x, m)))
@@ -205,7 +205,7 @@ def head_scaling(sizes, repeats) -> dict:
   sd = {f"depth_head.{k}": v.detach().numpy() for k, v in theirs.state_dict().items()}
   params = {"params": jax.tree.map(jnp.asarray, keymap.hf_to_params(sd, cfg)["depth_head"])}
   for hw in sizes:
-    grid = (hw[0] // 32, hw[1] // 32)
+    grid = (hw[0] // cfg.vision.token_size, hw[1] // cfg.vision.token_size)
     feats = np.random.default_rng(0).standard_normal((4, 1, grid[0] * grid[1], c)).astype(np.float32)
     head = depth_head.DPTHead(cfg.depth_head)
     fn = jax.jit(lambda p, f: head.apply(p, list(f), grid))

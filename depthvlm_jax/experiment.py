@@ -167,7 +167,8 @@ def sources(section: ConfigDict, key: str) -> tuple[pipeline.Source, ...]:
 def pipeline_config(c: ConfigDict, task, srcs, batch_size: int, train: bool, seed: int = 0) -> pipeline.PipelineConfig:
   d = c.data
   return pipeline.PipelineConfig(
-      task=task, sources=srcs, image_hw=tuple(d.image_hw), canonical_fx=float(d.canonical_fx), crop=d.crop,
+      task=task, sources=srcs, image_hw=tuple(d.image_hw), token_size=model_config(c).vision.token_size,
+      canonical_fx=float(d.canonical_fx), crop=d.crop,
       batch_size=batch_size,
       seq_len=d.seq_len, max_points=d.max_points, train=train, shuffle=train, num_epochs=None if train else 1,
       seed=seed, worker_count=d.worker_count if train else 0, read_threads=d.read_threads,

@@ -1,6 +1,6 @@
 """The FLOP formula behind MFU (train/flops.py) against XLA's cost analysis of the traced model:
 each part (vision, LLM, DPT heads at output strides 1 and 2, MLP head) and the whole forward
-within 10%, on the tiny and mid presets (the mid one's matmuls dominate as a real model's do).
+within 10%, on the tiny and mid presets and on 16-pixel tokens (the mid one's matmuls dominate as a real model's do).
 Lowering only, no compile."""
 
 import dataclasses
@@ -35,16 +35,23 @@ def xla_forward(cfg, ids, pixels, with_depth: bool) -> float:
   return xla_flops(forward, nn.unbox(abstract_params(cfg)), ids, pixels)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mid"])
-def test_formula_matches_xla_cost_analysis(preset, unrolled_scans):
+@pytest.mark.parametrize("preset,merge", [("tiny", 2), ("mid", 2), ("tiny", 1)])
+def test_formula_matches_xla_cost_analysis(preset, merge, unrolled_scans):
+  """merge 1: 16-pixel tokens, four times as many, and a head on a grid twice as fine."""
   cfg = get_config(preset)
-  seq_len = (HW[0] // 32) * (HW[1] // 32) + TEXT_TOKENS
+  cfg = cfg.replace(vision=dataclasses.replace(cfg.vision, spatial_merge_size=merge))
+  t = cfg.vision.token_size
+  seq_len = (HW[0] // t) * (HW[1] // t) + TEXT_TOKENS
   ids = jax.ShapeDtypeStruct((BATCH, seq_len), jnp.int32)
   pixels = jax.ShapeDtypeStruct((BATCH, *HW, 3), jnp.float32)
   vision = xla_flops(lambda p, x: DepthVLM(cfg).apply({"params": p}, x, method=lambda m, y: m.visual(y)),
                      nn.unbox(abstract_params(cfg)), pixels)
   text = xla_forward(cfg, ids, pixels, with_depth=False)
-  for head in (dict(kind="dpt"), dict(kind="dpt", output_stride=2), dict(kind="mlp")):
+  # The formula counts matmuls and convolutions only. On 16-pixel tokens the tiny MLP head's
+  # matmuls shrink to the size of its elementwise work (GELU, the activation on every pixel),
+  # which XLA also counts: -15% there, so that head is checked on 32-pixel tokens only.
+  heads = (dict(kind="dpt"), dict(kind="dpt", output_stride=2)) + ((dict(kind="mlp"),) if merge == 2 else ())
+  for head in heads:
     c = cfg.replace(depth_head=dataclasses.replace(cfg.depth_head, **head))
     whole = xla_forward(c, ids, pixels, with_depth=True)
     xla = {"vision": vision, "llm": text - vision, "head": whole - text, "forward": whole}

@@ -222,3 +222,16 @@ def test_workdir_overwrite_removes_only_an_earlier_runs_own_files(tmp_path):
   (run / "results.json").write_text("{}")
   trainer.prepare_workdir(str(run), other, overwrite=True)
   assert not (run / "results.json").exists()
+
+
+def test_a_model_with_16_pixel_tokens_gets_batches_with_its_own_token_count():
+  """The token size is the model's (patch x merge), not a constant: spatial_merge_size=1 gives
+  (64/16) x (96/16) = 24 image tokens per row, and the step runs on the experiment's batches."""
+  c = tiny_config()
+  c.model.vision.spatial_merge_size = 1
+  exp = experiment.build(c)
+  data = experiment.pipeline_config(c, exp.task, (pipeline.Source(synthetic=4, synthetic_seed=5),), 4, train=False)
+  host = next(iter(pipeline.build(data)))
+  assert (host["input_ids"] == exp.model.image_token_id).sum(1).tolist() == [24] * 4
+  _, metrics = run_step(exp, DepthVLM(exp.model), pretrained.init_params(exp.model, seed=1), host)
+  assert metrics["finite"] and np.isfinite(metrics["loss"])

@@ -26,6 +26,7 @@ from absl import logging
 
 from depthvlm_jax.data import shards, synthetic, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
+from depthvlm_jax.model import config as model_config
 
 
 class TaskExample(NamedTuple):
@@ -68,7 +69,8 @@ class Source:
 class PipelineConfig:
   task: Optional[ExampleTask] = None  # required: a depthvlm_jax.tasks object
   sources: tuple[Source, ...] = ()
-  image_hw: tuple[int, int] = (256, 320)  # static (H, W), multiples of 32
+  image_hw: tuple[int, int] = (256, 320)  # static (H, W), multiples of token_size
+  token_size: int = model_config.VisionConfig().token_size  # the model's pixels per LLM token (side)
   canonical_fx: float = 1000.0
   batch_size: int = 8  # global batch; each process loads batch_size / process_count
   seq_len: int = 0  # static text length; 0 = derived from the image size and the task's texts
@@ -91,8 +93,8 @@ class PipelineConfig:
       raise ValueError(f"data.task={self.task!r} is not a task: use depthvlm_jax.tasks.get(name)")
     if not self.sources:
       raise ValueError("data.sources is empty: give ArrayRecord paths or a synthetic source")
-    if any(s % 32 for s in self.image_hw):
-      raise ValueError(f"data.image_hw={self.image_hw}: both sides must be multiples of 32")
+    if any(s % self.token_size for s in self.image_hw):
+      raise ValueError(f"data.image_hw={self.image_hw}: both sides must be multiples of {self.token_size}")
     if self.crop not in ("random", "principal"):
       raise ValueError(f"data.crop={self.crop!r}: use 'random' or 'principal'")
     if self.on_bad_record not in ("skip", "raise"):
@@ -102,8 +104,8 @@ class PipelineConfig:
     return self
 
 
-def num_image_tokens(image_hw: Sequence[int]) -> int:
-  return (image_hw[0] // 32) * (image_hw[1] // 32)
+def num_image_tokens(image_hw: Sequence[int], token_size: int) -> int:
+  return (image_hw[0] // token_size) * (image_hw[1] // token_size)
 
 
 def sequence_length(cfg: PipelineConfig, tok: text.Tokenizer) -> int:
@@ -111,7 +113,7 @@ def sequence_length(cfg: PipelineConfig, tok: text.Tokenizer) -> int:
   number of digits), rounded up to a multiple of 8."""
   if cfg.seq_len:
     return cfg.seq_len
-  n = num_image_tokens(cfg.image_hw)
+  n = num_image_tokens(cfg.image_hw, cfg.token_size)
   longest = max(len(text.chat_tokens(tok, n, q, a)[0]) for q, a in cfg.task.texts())
   return -(-longest // 8) * 8
 
@@ -165,7 +167,7 @@ class ExampleFn(grain.transforms.RandomMap):
       ex = transforms.random_crop(ex, cfg.image_hw, rng) if cfg.train else transforms.center_crop(ex, cfg.image_hw)
     depth, depth_valid = transforms.depth_targets(ex, rec.depth_range)
     task_ex = cfg.task.example(ex, depth, depth_valid, rng)
-    ids, mask = text.chat_tokens(self.tok, num_image_tokens(cfg.image_hw), task_ex.question, task_ex.answer)
+    ids, mask = text.chat_tokens(self.tok, num_image_tokens(cfg.image_hw, cfg.token_size), task_ex.question, task_ex.answer)
     points, points_valid = _fixed_points(ex.points, cfg.max_points)
     lo, hi = rec.depth_range
     in_range = points_valid & (points[:, 2] > lo) & (points[:, 2] <= hi)
@@ -175,7 +177,7 @@ class ExampleFn(grain.transforms.RandomMap):
   def _empty(self) -> dict[str, np.ndarray]:
     """The stand-in for a skipped record: same shapes, nothing valid, no loss, weight 0."""
     h, w = self.cfg.image_hw
-    ids, mask = text.chat_tokens(self.tok, num_image_tokens(self.cfg.image_hw), "", None)
+    ids, mask = text.chat_tokens(self.tok, num_image_tokens(self.cfg.image_hw, self.cfg.token_size), "", None)
     points, points_valid = _fixed_points(None, self.cfg.max_points)
     return self._pack(np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.float32), np.zeros((h, w), bool),
                       np.zeros((h, w), bool), np.ones(4, np.float32), points, points_valid,

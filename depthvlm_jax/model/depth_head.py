@@ -1,7 +1,7 @@
 """DepthVLM's dense depth heads: the released DPT head and the per-token MLP ablation.
 
 Both read LLM-width token features on a gh x gw grid (row-major, n = i*gw + j) and return
-metric depth [B, gh*32, gw*32] (or `output_size`) in float32. Layout is NHWC throughout.
+metric depth [B, gh*token_size, gw*token_size] (or `output_size`) in float32. Layout is NHWC throughout.
 
 DPTHead parameter tree (names mirror the PyTorch release's state_dict):
   norm/{scale,bias}                          one LayerNorm shared by all four inputs
@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from depthvlm_jax.model import layers
-from depthvlm_jax.model.config import DepthHeadConfig
+from depthvlm_jax.model.config import DepthHeadConfig, VisionConfig
 from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
-TOKEN_PIXELS = 32  # input pixels per LLM token along each axis (Qwen3-VL: patch 16, merge 2)
+QWEN3_VL_TOKEN_SIZE = VisionConfig().token_size
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CONV_AXES = (None, None, "conv_in", "conv_out")
 # PyTorch's default Conv2d init (kaiming-uniform, a = sqrt(5): variance 1 / (3 fan_in)), which
@@ -157,9 +157,8 @@ def _tokens_to_grid(x: jax.Array, grid_hw: HW) -> jax.Array:
   return x.reshape(b, gh, gw, c)
 
 
-def _default_size(grid_hw: HW, output_size: Optional[HW]) -> HW:
-  return tuple(output_size) if output_size is not None else (grid_hw[0] * TOKEN_PIXELS,
-                                                             grid_hw[1] * TOKEN_PIXELS)
+def _default_size(grid_hw: HW, output_size: Optional[HW], token_size: int) -> HW:
+  return tuple(output_size) if output_size is not None else (grid_hw[0] * token_size, grid_hw[1] * token_size)
 
 
 class DPTHead(nn.Module):
@@ -172,6 +171,7 @@ class DPTHead(nn.Module):
   cfg: DepthHeadConfig
   dtype: str = "float32"
   param_dtype: str = "float32"
+  token_size: int = QWEN3_VL_TOKEN_SIZE  # pixels per token: the output size when none is given
 
   @nn.compact
   def __call__(self, features: Sequence[jax.Array], grid_hw: HW,
@@ -188,7 +188,7 @@ class DPTHead(nn.Module):
       if k < 3:
         x = PatchDeconv(ch, 8 >> k, name=f"resize_layers_{k}", **kw)(x)
       levels.append(x)
-    depth = DPTScratch(self.cfg, name="scratch", **kw)(levels, _default_size(grid_hw, output_size))
+    depth = DPTScratch(self.cfg, name="scratch", **kw)(levels, _default_size(grid_hw, output_size, self.token_size))
     return depth[..., 0].astype(jnp.float32)
 
 
@@ -198,7 +198,7 @@ class MLPHead(nn.Module):
   cfg: DepthHeadConfig
   dtype: str = "float32"
   param_dtype: str = "float32"
-  token_size: int = TOKEN_PIXELS
+  token_size: int = QWEN3_VL_TOKEN_SIZE
 
   @nn.compact
   def __call__(self, features: jax.Array | Sequence[jax.Array], grid_hw: HW,
@@ -220,10 +220,11 @@ class MLPHead(nn.Module):
     return layers.DEPTH_ACTIVATIONS[self.cfg.activation](x).astype(jnp.float32)
 
 
-def make_depth_head(cfg: DepthHeadConfig, dtype: str = "float32", param_dtype: str = "float32"):
+def make_depth_head(cfg: DepthHeadConfig, dtype: str = "float32", param_dtype: str = "float32",
+                    token_size: int = QWEN3_VL_TOKEN_SIZE):
   """DPTHead or MLPHead by `cfg.kind`; both are called as head(features, grid_hw, output_size)."""
   if cfg.kind == "dpt":
-    return DPTHead(cfg, dtype=dtype, param_dtype=param_dtype)
+    return DPTHead(cfg, dtype=dtype, param_dtype=param_dtype, token_size=token_size)
   if cfg.kind == "mlp":
-    return MLPHead(cfg, dtype=dtype, param_dtype=param_dtype)
+    return MLPHead(cfg, dtype=dtype, param_dtype=param_dtype, token_size=token_size)
   raise ValueError(f"unknown depth_head.kind={cfg.kind!r}; expected 'dpt' or 'mlp'")

@@ -71,7 +71,7 @@ class DepthVLM(nn.Module):
     if not cfg.tie_word_embeddings:
       self.lm_head = layers.Dense(cfg.text.vocab_size, ("embed", "vocab"), False, **kw)
     if cfg.depth_head is not None:
-      self.depth_head = make_depth_head(cfg.depth_head, **kw)
+      self.depth_head = make_depth_head(cfg.depth_head, token_size=cfg.vision.token_size, **kw)
 
   def __call__(self, input_ids: jax.Array, pixel_values: Optional[jax.Array] = None,
                attention_mask: Optional[jax.Array] = None, *, positions: Optional[jax.Array] = None,

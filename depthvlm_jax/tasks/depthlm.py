@@ -89,7 +89,7 @@ class DepthLMTask:
 
   def evaluator(self, model, tok, image_hw):
     """(params, batch) -> (per-image answer metrics, {"replies": [...]}) by greedy decoding."""
-    prompt, _ = text.chat_tokens(tok, pipeline.num_image_tokens(image_hw), self.question)
+    prompt, _ = text.chat_tokens(tok, pipeline.num_image_tokens(image_hw, model.cfg.vision.token_size), self.question)
     longest = max(len(tok.encode(a)) for _, a in self.texts()) + 2
 
     def evaluate(params, batch):

@@ -20,7 +20,7 @@ import jax
 from depthvlm_jax.convert.keymap import flatten
 from depthvlm_jax.convert.pretrained import abstract_params
 from depthvlm_jax.model.config import DepthHeadConfig, ModelConfig, TextConfig, VisionConfig
-from depthvlm_jax.model.depth_head import TOKEN_PIXELS, strided_size
+from depthvlm_jax.model.depth_head import strided_size
 from depthvlm_jax.train.optimizer import matches
 
 # Parameter path prefixes of each part.
@@ -86,12 +86,12 @@ def llm_flops(t: TextConfig, batch: int, seq_len: int) -> float:
   return t.num_hidden_layers * layer + _dense(n, d, t.vocab_size)
 
 
-def head_flops(h: DepthHeadConfig, width: int, batch: int, image_hw: Sequence[int]) -> float:
+def head_flops(h: DepthHeadConfig, width: int, batch: int, image_hw: Sequence[int], token_size: int) -> float:
   """The depth head on a token grid of LLM-width features, output at the image size."""
-  gh, gw = image_hw[0] // TOKEN_PIXELS, image_hw[1] // TOKEN_PIXELS
+  gh, gw = image_hw[0] // token_size, image_hw[1] // token_size
   if h.kind == "mlp":
     tokens = batch * gh * gw
-    return _dense(tokens, width, h.mlp_hidden) + _dense(tokens, h.mlp_hidden, TOKEN_PIXELS ** 2)
+    return _dense(tokens, width, h.mlp_hidden) + _dense(tokens, h.mlp_hidden, token_size ** 2)
   f, b = h.features, batch
   size = lambda s: (gh * s, gw * s)
   total = 0.0
@@ -119,7 +119,7 @@ def step_flops(cfg: ModelConfig, batch_size: int, image_hw: Sequence[int], seq_l
   """
   parts = {"vision": vision_flops(cfg.vision, batch_size, image_hw),
            "llm": llm_flops(cfg.text, batch_size, seq_len),
-           "head": (head_flops(cfg.depth_head, cfg.text.hidden_size, batch_size, image_hw)
+           "head": (head_flops(cfg.depth_head, cfg.text.hidden_size, batch_size, image_hw, cfg.vision.token_size)
                     if with_depth and cfg.depth_head is not None else 0.0)}
   paths = list(flatten(nn.unbox(abstract_params(cfg))))
   trains = {name: any(matches(k, trainable) for k in paths if k.startswith(prefixes))
