@@ -4,7 +4,6 @@ the single-device step, non-finite batches are skipped and counted, bad configs 
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -29,7 +29,6 @@ from typing import Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from depthvlm_jax.model import layers
 from depthvlm_jax.model.config import DepthHeadConfig, VisionConfig
