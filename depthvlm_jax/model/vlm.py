@@ -2,7 +2,8 @@
 
 With `depth_head=None` in the config this is the unmodified Qwen3-VL that DepthLM fine-tunes.
 One image per sequence (all images of a batch share a size, as the pipeline guarantees); its
-(H/32)*(W/32) placeholder tokens receive the merged vision embeddings in order.
+(H/t)*(W/t) placeholder tokens (t = cfg.vision.token_size, 32 for Qwen3-VL) receive the merged
+vision embeddings in order.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def check_placeholders(input_ids, image_token_id: int, num_tokens: int) -> None:
   if bad:
     raise ValueError(
         f"input_ids rows {bad} have {[int(counts[i]) for i in bad]} image placeholder tokens "
-        f"(id {image_token_id}); each row needs exactly {num_tokens} = (H/32)*(W/32) for its image")
+        f"(id {image_token_id}); each row needs exactly {num_tokens}, one per token of its image")
 
 
 class DepthVLM(nn.Module):
