@@ -26,14 +26,14 @@ from absl import app, flags
 
 from depthvlm_jax.data import shards, transforms
 from depthvlm_jax.eval import metrics
-from depthvlm_jax.model.config import VisionConfig
+from depthvlm_jax.model.config import QWEN3_VL_TOKEN_SIZE
 from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "Ingested records (a directory or glob).", required=True)
 flags.DEFINE_string("pred", None, "depthvlm-predict --data output (KEY.npy per record); optional.")
 flags.DEFINE_float("canonical_fx", 70.0, "The model's canonical focal length (data.canonical_fx).")
-flags.DEFINE_integer("token_size", VisionConfig().token_size, "Pixels per LLM token along each axis "
+flags.DEFINE_integer("token_size", QWEN3_VL_TOKEN_SIZE, "Pixels per LLM token along each axis "
                      "(model.vision: patch_size x spatial_merge_size).")
 
 LOG_DELTA1 = float(np.log(metrics.DELTAS["delta1"]))

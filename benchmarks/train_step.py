@@ -97,7 +97,7 @@ def data_rate(c, batches: int = 20) -> float:
     c.data.render.update(dir=tmp, train=64, eval=0)
     trainer.render_demo_data(c)
     exp = experiment.build(c)
-    cfg = experiment.pipeline_config(c, exp.task, experiment.sources(
+    cfg = experiment.pipeline_config(exp, experiment.sources(
         {"train": experiment.source(f"{tmp}/train")}, "data.train"), FLAGS.batch, train=True)
     it = iter(pipeline.build(cfg))
     for _ in range(2 + cfg.prefetch_batches):

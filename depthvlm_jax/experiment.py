@@ -164,10 +164,10 @@ def sources(section: ConfigDict, key: str) -> tuple[pipeline.Source, ...]:
   return tuple(out)
 
 
-def pipeline_config(c: ConfigDict, task, srcs, batch_size: int, train: bool, seed: int = 0) -> pipeline.PipelineConfig:
-  d = c.data
+def pipeline_config(exp: Experiment, srcs, batch_size: int, train: bool, seed: int = 0) -> pipeline.PipelineConfig:
+  d = exp.config.data
   return pipeline.PipelineConfig(
-      task=task, sources=srcs, image_hw=tuple(d.image_hw), token_size=model_config(c).vision.token_size,
+      task=exp.task, sources=srcs, image_hw=tuple(d.image_hw), token_size=exp.model.vision.token_size,
       canonical_fx=float(d.canonical_fx), crop=d.crop,
       batch_size=batch_size,
       seq_len=d.seq_len, max_points=d.max_points, train=train, shuffle=train, num_epochs=None if train else 1,
@@ -215,13 +215,13 @@ class Experiment:
   stages: tuple[Stage, ...]
 
   def train_pipeline(self, stage: Stage) -> pipeline.PipelineConfig:
-    return pipeline_config(self.config, self.task, sources(self.config.data.train, "data.train"), stage.batch_size,
+    return pipeline_config(self, sources(self.config.data.train, "data.train"), stage.batch_size,
                            train=True, seed=self.config.seed)
 
   def eval_pipeline(self, batch_size: Optional[int] = None) -> Optional[pipeline.PipelineConfig]:
     if not self.config.eval.sources:
       return None
-    return pipeline_config(self.config, self.task, sources(self.config.eval.sources, "eval.sources"),
+    return pipeline_config(self, sources(self.config.eval.sources, "eval.sources"),
                            batch_size or self.config.eval.batch_size, train=False)
 
 

@@ -229,7 +229,7 @@ def test_a_model_with_16_pixel_tokens_gets_batches_with_its_own_token_count():
   c = tiny_config()
   c.model.vision.spatial_merge_size = 1
   exp = experiment.build(c)
-  data = experiment.pipeline_config(c, exp.task, (pipeline.Source(synthetic=4, synthetic_seed=5),), 4, train=False)
+  data = experiment.pipeline_config(exp, (pipeline.Source(synthetic=4, synthetic_seed=5),), 4, train=False)
   host = next(iter(pipeline.build(data)))
   assert (host["input_ids"] == exp.model.image_token_id).sum(1).tolist() == [24] * 4
   _, metrics = run_step(exp, DepthVLM(exp.model), pretrained.init_params(exp.model, seed=1), host)

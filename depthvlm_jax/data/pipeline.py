@@ -26,7 +26,7 @@ from absl import logging
 
 from depthvlm_jax.data import shards, synthetic, text, transforms
 from depthvlm_jax.data.records import DepthRecord, RecordError
-from depthvlm_jax.model import config as model_config
+from depthvlm_jax.model.config import QWEN3_VL_TOKEN_SIZE
 
 
 class TaskExample(NamedTuple):
@@ -70,7 +70,7 @@ class PipelineConfig:
   task: Optional[ExampleTask] = None  # required: a depthvlm_jax.tasks object
   sources: tuple[Source, ...] = ()
   image_hw: tuple[int, int] = (256, 320)  # static (H, W), multiples of token_size
-  token_size: int = model_config.VisionConfig().token_size  # the model's pixels per LLM token (side)
+  token_size: int = QWEN3_VL_TOKEN_SIZE  # the model's pixels per LLM token (side)
   canonical_fx: float = 1000.0
   batch_size: int = 8  # global batch; each process loads batch_size / process_count
   seq_len: int = 0  # static text length; 0 = derived from the image size and the task's texts

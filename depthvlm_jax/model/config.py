@@ -38,6 +38,9 @@ class VisionConfig:
     return self.patch_size * self.spatial_merge_size
 
 
+QWEN3_VL_TOKEN_SIZE = VisionConfig().token_size  # the default where no model config is at hand
+
+
 @dataclasses.dataclass(frozen=True)
 class TextConfig:
   vocab_size: int = 151936

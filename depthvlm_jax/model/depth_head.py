@@ -31,10 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from depthvlm_jax.model import layers
-from depthvlm_jax.model.config import DepthHeadConfig, VisionConfig
+from depthvlm_jax.model.config import QWEN3_VL_TOKEN_SIZE, DepthHeadConfig
 from depthvlm_jax.model.resize import resize_bilinear_align_corners
 
-QWEN3_VL_TOKEN_SIZE = VisionConfig().token_size
 _HIGHEST = jax.lax.Precision.HIGHEST
 _CONV_AXES = (None, None, "conv_in", "conv_out")
 # PyTorch's default Conv2d init (kaiming-uniform, a = sqrt(5): variance 1 / (3 fan_in)), which
