@@ -57,8 +57,10 @@ def trained(tmp_path: Path) -> list[dict]:
 
 
 def test_slurm_runs_one_worker_per_node_with_the_first_node_as_coordinator(tmp_path):
+  # scontrol: writes its second host after a reader of only the first may have gone, as a long
+  # node list does (under pipefail, `| head -n 1` there killed the job with SIGPIPE).
   # srun: starts its command once per task with the task's SLURM variables, as srun does.
-  env = fake_tools(tmp_path, scontrol='printf "gpu-node-07\\ngpu-node-08\\n"', srun="""
+  env = fake_tools(tmp_path, scontrol='echo gpu-node-07; sleep 0.5; echo gpu-node-08', srun="""
     while [[ $1 == -* ]]; do shift; done
     for ((i = 0; i < SLURM_NTASKS; i++)); do SLURM_PROCID=$i SLURM_LOCALID=0 "$@"; done""")
   submit_dir = tmp_path / "submit"  # sbatch runs from where it was submitted: a checkout's root
