@@ -207,7 +207,7 @@ def head_scaling(sizes, repeats) -> dict:
   for hw in sizes:
     grid = (hw[0] // cfg.vision.token_size, hw[1] // cfg.vision.token_size)
     feats = np.random.default_rng(0).standard_normal((4, 1, grid[0] * grid[1], c)).astype(np.float32)
-    head = depth_head.DPTHead(cfg.depth_head)
+    head = depth_head.DPTHead(cfg.depth_head, token_size=cfg.vision.token_size)
     fn = jax.jit(lambda p, f: head.apply(p, list(f), grid))
     jf = jnp.asarray(feats)
     tf = [torch.tensor(f) for f in feats]
